@@ -1,0 +1,5 @@
+"""``python -m fedgrpc`` runs the command line."""
+
+from fedgrpc.cli import main
+
+main()

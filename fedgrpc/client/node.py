@@ -1,0 +1,311 @@
+"""A client (a node at a data site): connects through a combiner and runs the user's code.
+
+User functions run in worker threads, one task at a time per client, so heartbeats keep
+flowing during long training and many clients can share one process and event loop. A
+``train`` that raises is reported to the combiner as a failed task; the client stays connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+
+from fedgrpc._version import __version__
+from fedgrpc.backoff import Backoff
+from fedgrpc.client.entry import TrainFn, ValidateFn
+from fedgrpc.config import ClientConfig
+from fedgrpc.errors import (
+    FedgrpcError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    from_rpc_error,
+)
+from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
+from fedgrpc.rpc.channel import call, open_channel
+from fedgrpc.transfer import dict_to_struct, download_model, struct_to_dict, upload_model
+
+log = logging.getLogger(__name__)
+
+# Errors no amount of retrying fixes: the client gives up and says why.
+FATAL_ERRORS = (Unauthenticated, PermissionDenied)
+
+
+def as_user_model(arrays: dict[str, Any]) -> Any:
+    """FEDn-style models (names "0".."n-1") are handed to user code as a list."""
+    if arrays and set(arrays) == {str(i) for i in range(len(arrays))}:
+        return [arrays[str(i)] for i in range(len(arrays))]
+    return arrays
+
+
+class Client:
+    """``Client(controller=..., train=fn, validate=fn, name=...).run()``."""
+
+    def __init__(
+        self,
+        *,
+        controller: str | None = None,
+        train: TrainFn | None = None,
+        validate: ValidateFn | None = None,
+        name: str | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        base = config or ClientConfig()
+        overrides = {"controller": controller, "name": name}
+        self.config = ClientConfig(
+            **{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+        )
+        self.name = self.config.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._train = train
+        self._validate = validate
+        self._backoff = Backoff(
+            base=self.config.reconnect_base_delay, cap=self.config.reconnect_max_delay
+        )
+        # User code runs one call at a time per client, guarded inside the worker thread: a
+        # cancelled asyncio task cannot stop a running thread, so an asyncio lock would let a
+        # second call start while the first is still running.
+        self._user_code_lock = threading.Lock()
+        self._stopping = asyncio.Event()
+        self.combiner_name = ""
+        self.connected = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stopped (Ctrl-C) or a fatal error."""
+        asyncio.run(self.run_async())
+
+    async def run_async(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                address = await self._assign()
+                await self._serve(address)
+            except FATAL_ERRORS:
+                raise
+            except FedgrpcError as exc:
+                log.warning("client %s: %s", self.name, exc)
+            self.connected.clear()
+            if self._stopping.is_set():
+                break
+            if time.monotonic() - started > 30:
+                attempt = 0
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            log.info("client %s reconnecting in %.1fs", self.name, delay)
+            await self._sleep_unless_stopped(delay)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _assign(self) -> str:
+        config = self.config
+        channel = open_channel(config.controller, max_message_size=config.max_message_size)
+        try:
+            stub = network_pb2_grpc.NetworkServiceStub(channel)
+            request = network_pb2.AssignCombinerRequest(
+                client_name=self.name, preferred_combiner=config.preferred_combiner or ""
+            )
+            response = await call(stub.AssignCombiner, request, timeout=10)
+        finally:
+            await channel.close()
+        self.combiner_name = str(response.combiner_name)
+        return str(response.address)
+
+    # --- one connection -------------------------------------------------------------------
+
+    async def _serve(self, address: str) -> None:
+        channel = open_channel(address, max_message_size=self.config.max_message_size)
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
+        models = model_pb2_grpc.ModelServiceStub(channel)
+        stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(self._outgoing(outbox))
+        stopper = asyncio.ensure_future(self._cancel_on_stop(stream))
+        try:
+            async for message in stream:
+                self._dispatch(message, outbox, models, stream)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+        except asyncio.CancelledError:
+            if not self._stopping.is_set() and not stream.cancelled():
+                raise
+        finally:
+            stopper.cancel()
+            for task in self._running.values():
+                task.cancel()
+            self._running.clear()
+            stream.cancel()
+            await channel.close()
+
+    async def _cancel_on_stop(self, stream: grpc.aio.StreamStreamCall) -> None:
+        await self._stopping.wait()
+        stream.cancel()
+
+    async def _outgoing(
+        self, outbox: asyncio.Queue[combiner_pb2.ClientMessage]
+    ) -> AsyncIterator[combiner_pb2.ClientMessage]:
+        hello = combiner_pb2.ClientHello(name=self.name, version=__version__, tags=self.config.tags)
+        yield combiner_pb2.ClientMessage(hello=hello)
+        while True:
+            yield await outbox.get()
+
+    def _dispatch(
+        self,
+        message: combiner_pb2.ServerMessage,
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        models: model_pb2_grpc.ModelServiceStub,
+        stream: grpc.aio.StreamStreamCall,
+    ) -> None:
+        kind = message.WhichOneof("kind")
+        self._last_heard = time.monotonic()
+        if kind == "welcome":
+            self._start_heartbeats(message.welcome, outbox, stream)
+            self.connected.set()
+            log.info("client %s connected to %s", self.name, message.welcome.combiner_name)
+        elif kind == "train":
+            self._start(message.train.task_id, self._run_train(message.train, outbox, models))
+        elif kind == "validate":
+            self._start(
+                message.validate.task_id, self._run_validate(message.validate, outbox, models)
+            )
+        elif kind == "cancel":
+            task = self._running.pop(message.cancel.task_id, None)
+            if task is not None:
+                task.cancel()
+
+    def _start_heartbeats(
+        self,
+        welcome: combiner_pb2.Welcome,
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        stream: grpc.aio.StreamStreamCall,
+    ) -> None:
+        interval = min(self.config.heartbeat_interval, welcome.heartbeat_interval or math.inf)
+        timeout = welcome.heartbeat_timeout or 4 * interval
+        self._start("heartbeat", self._heartbeat(interval, timeout, outbox, stream))
+
+    async def _heartbeat(
+        self,
+        interval: float,
+        timeout: float,
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        stream: grpc.aio.StreamStreamCall,
+    ) -> None:
+        beat = combiner_pb2.ClientMessage(heartbeat=combiner_pb2.Heartbeat())
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._last_heard > timeout:
+                log.warning("combiner silent for %.0fs; reconnecting", timeout)
+                stream.cancel()
+                return
+            outbox.put_nowait(beat)
+
+    def _start(self, key: str, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._running[key] = task
+        task.add_done_callback(
+            lambda _: self._running.pop(key, None) if self._running.get(key) is task else None
+        )
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    async def _call_user(self, function: Any, *args: Any) -> Any:
+        def locked() -> Any:
+            with self._user_code_lock:
+                return function(*args)
+
+        return await asyncio.to_thread(locked)
+
+    async def _fetch(self, models: model_pb2_grpc.ModelServiceStub, model_id: str) -> Any:
+        received = await download_model(models, model_id, max_size=self.config.max_model_size)
+        arrays = await asyncio.to_thread(
+            load_model, received.data, max_size=self.config.max_model_size
+        )
+        return as_user_model(arrays)
+
+    async def _run_train(
+        self,
+        task: combiner_pb2.TrainTask,
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        models: model_pb2_grpc.ModelServiceStub,
+    ) -> None:
+        if self._train is None:
+            return _fail(outbox, task.task_id, "this client has no train function")
+        try:
+            model = await self._fetch(models, task.model_id)
+            started = time.monotonic()
+            result = await self._call_user(self._train, model, struct_to_dict(task.settings))
+            new_model, metadata = _train_output(result)
+            metadata = {**metadata, "train_seconds": time.monotonic() - started}
+            data = await asyncio.to_thread(dump_model, new_model)
+            header = model_pb2.ModelHeader(
+                task_id=task.task_id,
+                session_id=task.session_id,
+                round_id=task.round_id,
+                metadata=dict_to_struct(metadata),
+            )
+            await upload_model(models, data, header=header, chunk_size=self.config.chunk_size)
+        except asyncio.CancelledError:
+            raise
+        except FedgrpcError as exc:
+            log.warning("client %s: train task %s: %s", self.name, task.task_id, exc)
+            _fail(outbox, task.task_id, str(exc))
+        except Exception as exc:  # the user's code failed: report it and stay connected
+            log.exception("client %s: train function raised", self.name)
+            _fail(outbox, task.task_id, f"train raised {type(exc).__name__}: {exc}")
+
+    async def _run_validate(
+        self,
+        task: combiner_pb2.ValidateTask,
+        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        models: model_pb2_grpc.ModelServiceStub,
+    ) -> None:
+        if self._validate is None:
+            return _fail(outbox, task.task_id, "this client has no validate function")
+        try:
+            model = await self._fetch(models, task.model_id)
+            metrics = await self._call_user(self._validate, model)
+            if not isinstance(metrics, Mapping):
+                raise InvalidArgument(
+                    f"validate must return a dict of metrics, got {type(metrics).__name__}"
+                )
+            result = combiner_pb2.ValidationResult(
+                task_id=task.task_id, model_id=task.model_id, metrics=dict_to_struct(metrics)
+            )
+            outbox.put_nowait(combiner_pb2.ClientMessage(validation=result))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("client %s: validate failed: %s", self.name, exc)
+            _fail(outbox, task.task_id, f"validate raised {type(exc).__name__}: {exc}")
+
+
+def _train_output(result: Any) -> tuple[Any, dict[str, Any]]:
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+        raise InvalidArgument("train must return (model, metadata) with metadata a dict")
+    model, metadata = result
+    if "num_examples" not in metadata:
+        raise InvalidArgument("train's metadata must include num_examples (the update's weight)")
+    return model, dict(metadata)
+
+
+def _fail(outbox: asyncio.Queue[combiner_pb2.ClientMessage], task_id: str, message: str) -> None:
+    failure = combiner_pb2.TaskFailed(task_id=task_id, message=message[:4000])
+    outbox.put_nowait(combiner_pb2.ClientMessage(task_failed=failure))

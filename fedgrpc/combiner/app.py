@@ -1,0 +1,141 @@
+"""A running combiner: its server, its controller link and the core between them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from fedgrpc.backoff import Backoff
+from fedgrpc.combiner.core import CombinerCore
+from fedgrpc.combiner.link import ControllerLink
+from fedgrpc.combiner.models import CachedModel
+from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
+from fedgrpc.config import CombinerConfig
+from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.rpc.channel import open_channel
+from fedgrpc.rpc.server import RunningServer, Service, service_name, start_server
+from fedgrpc.transfer import dict_to_struct, download_model, upload_model
+
+log = logging.getLogger(__name__)
+
+
+class Combiner:
+    """Start with :meth:`start`, stop with :meth:`stop`; ``address`` is known after start."""
+
+    def __init__(self, config: CombinerConfig) -> None:
+        self.config = config
+        self.server: RunningServer | None = None
+        self.core: CombinerCore | None = None
+        self.link: ControllerLink | None = None
+        self._link_task: asyncio.Task[None] | None = None
+        self.name = config.name or ""
+        self.address = ""
+
+    async def start(self) -> None:
+        config = self.config
+        channel = open_channel(config.controller, max_message_size=config.max_message_size)
+        self._channel = channel
+        self._model_stub = model_pb2_grpc.ModelServiceStub(channel)
+        # The default name includes the bound port, so the core learns its name after binding.
+        core = CombinerCore(
+            name=self.name,
+            max_clients=config.max_clients,
+            max_model_size=config.max_model_size,
+            report=self._report,
+            fetch_model=self._fetch_model,
+            upload_partial=self._upload_partial,
+        )
+        self.core = core
+        services = [
+            Service(
+                servicer=CombinerServicer(
+                    core,
+                    heartbeat_interval=config.heartbeat_interval,
+                    heartbeat_timeout=config.heartbeat_timeout,
+                ),
+                add_to_server=combiner_pb2_grpc.add_CombinerServiceServicer_to_server,
+                name=service_name(combiner_pb2, "CombinerService"),
+            ),
+            Service(
+                servicer=CombinerModelServicer(core, chunk_size=config.chunk_size),
+                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                name=service_name(model_pb2, "ModelService"),
+            ),
+        ]
+        self.server = await start_server(
+            host=config.host,
+            port=config.port,
+            services=services,
+            max_message_size=config.max_message_size,
+        )
+        self.address = config.advertise_address or self.server.address
+        self.name = self.name or f"combiner-{socket.gethostname()}-{self.server.port}"
+        core.name = self.name
+        self.link = ControllerLink(
+            channel=channel,
+            registration=self._registration,
+            connected_count=lambda: len(core.clients),
+            on_command=self._on_command,
+            on_lost=core.cancel_all,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+            backoff=Backoff(base=0.2, cap=5.0),
+        )
+        self._link_task = asyncio.ensure_future(self.link.run())
+
+    def _report(self, report: network_pb2.CombinerReport) -> None:
+        if self.link is not None:
+            self.link.send(report)
+
+    def _registration(self) -> network_pb2.RegisterCombiner:
+        assert self.core is not None
+        return network_pb2.RegisterCombiner(
+            name=self.name,
+            address=self.address,
+            max_clients=self.config.max_clients,
+            clients=self.core.connected_clients(),
+        )
+
+    def _on_command(self, command: network_pb2.ControllerCommand) -> None:
+        assert self.core is not None
+        kind = command.WhichOneof("kind")
+        if kind == "round":
+            self.core.start_round(command.round)
+        elif kind == "validation":
+            self.core.start_validation(command.validation)
+        elif kind == "cancel_round":
+            self.core.cancel_round(command.cancel_round.round_id, command.cancel_round.reason)
+
+    async def _fetch_model(self, model_id: str) -> CachedModel:
+        received = await download_model(
+            self._model_stub, model_id, max_size=self.config.max_model_size
+        )
+        return CachedModel(model_id=model_id, data=received.data, sha256=received.header.sha256)
+
+    async def _upload_partial(
+        self, data: bytes, assignment: network_pb2.RoundAssignment, total_weight: float, count: int
+    ) -> str:
+        header = model_pb2.ModelHeader(
+            session_id=assignment.session_id,
+            round_id=assignment.round_id,
+            metadata=dict_to_struct(
+                {"combiner": self.name, "total_weight": total_weight, "num_updates": count}
+            ),
+        )
+        response = await upload_model(
+            self._model_stub, data, header=header, chunk_size=self.config.chunk_size
+        )
+        return response.model_id
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._link_task is not None:
+            self._link_task.cancel()
+            await asyncio.gather(self._link_task, return_exceptions=True)
+        if self.core is not None:
+            await self.core.shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self._channel.close()

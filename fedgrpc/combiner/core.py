@@ -1,0 +1,278 @@
+"""The combiner's state and behaviour, independent of gRPC: clients, rounds, validations.
+
+Servicers and the controller link call into this; it reports back through ``report`` (the
+link's outbox) and uploads partial aggregates through ``upload_partial``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from fedgrpc.aggregators import ArraySpec, get_aggregator
+from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
+from fedgrpc.combiner.models import CachedModel, ModelCache
+from fedgrpc.combiner.rounds import TrainingRound, sample_clients
+from fedgrpc.combiner.validation import ValidationPass
+from fedgrpc.errors import FailedPrecondition, FedgrpcError
+from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.proto.combiner.v1 import combiner_pb2
+from fedgrpc.proto.model.v1 import model_pb2
+from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.transfer import ReceivedModel, struct_to_dict
+
+log = logging.getLogger(__name__)
+
+ReportSink = Callable[[network_pb2.CombinerReport], None]
+UploadPartial = Callable[[bytes, network_pb2.RoundAssignment, float, int], Awaitable[str]]
+FetchModel = Callable[[str], Awaitable[CachedModel]]
+
+# Task ids of closed rounds are remembered for a while so a late upload is told "the round
+# closed" rather than "unknown task".
+_CLOSED_TASK_MEMORY = 100_000
+
+
+class CombinerCore:
+    def __init__(
+        self,
+        *,
+        name: str,
+        max_clients: int,
+        max_model_size: int,
+        report: ReportSink,
+        fetch_model: FetchModel,
+        upload_partial: UploadPartial,
+    ) -> None:
+        self.name = name
+        self.max_model_size = max_model_size
+        self._report = report
+        self._upload_partial = upload_partial
+        self.models = ModelCache(fetch_model)
+        self.clients = ClientRegistry(
+            max_clients=max_clients,
+            on_connect=self._client_connected,
+            on_disconnect=self._client_disconnected,
+        )
+        self._tasks: dict[str, TrainingRound | ValidationPass] = {}
+        self._rounds: dict[str, TrainingRound] = {}
+        self._validations: set[ValidationPass] = set()
+        self._closed_tasks: deque[str] = deque(maxlen=_CLOSED_TASK_MEMORY)
+        self._closed_task_set: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- clients --------------------------------------------------------------------------
+
+    def _client_connected(self, client: ClientConnection) -> None:
+        event = network_pb2.ClientEvent(
+            kind=network_pb2.ClientEvent.KIND_CONNECTED,
+            client=network_pb2.ConnectedClient(name=client.name, ip=client.ip),
+        )
+        self._report(network_pb2.CombinerReport(client_event=event))
+
+    def _client_disconnected(self, client: ClientConnection) -> None:
+        for round_ in self._rounds.values():
+            round_.client_gone(client.name)
+        for validation in self._validations:
+            validation.client_gone(client.name)
+        event = network_pb2.ClientEvent(
+            kind=network_pb2.ClientEvent.KIND_DISCONNECTED,
+            client=network_pb2.ConnectedClient(name=client.name, ip=client.ip),
+        )
+        self._report(network_pb2.CombinerReport(client_event=event))
+
+    def connected_clients(self) -> list[network_pb2.ConnectedClient]:
+        return [network_pb2.ConnectedClient(name=c.name, ip=c.ip) for c in self.clients.online()]
+
+    def handle_client_message(
+        self, client: ClientConnection, message: combiner_pb2.ClientMessage
+    ) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "task_failed":
+            self._task_failed(client, message.task_failed)
+        elif kind == "validation":
+            work = self._tasks.get(message.validation.task_id)
+            if isinstance(work, ValidationPass):
+                work.result(message.validation.task_id, message.validation)
+
+    def _task_failed(self, client: ClientConnection, failure: combiner_pb2.TaskFailed) -> None:
+        work = self._tasks.get(failure.task_id)
+        if work is None:
+            return
+        work.task_failed(failure.task_id, failure.message)
+        session_id = work.assignment.session_id
+        self.status(
+            "task.failed",
+            f"client {client.name} failed task {failure.task_id}: {failure.message}",
+            level="WARNING",
+            session_id=session_id,
+            round_id=work.assignment.round_id,
+            sender_name=client.name,
+            sender_role="client",
+        )
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def check_upload(self, header: model_pb2.ModelHeader) -> None:
+        """Refuse an update from its header alone when its task or round is not open.
+
+        A refused update is recorded as a status event, so a late client is visible in the
+        session's history rather than silently ignored.
+        """
+        try:
+            self._round_for_task(header.task_id).check_open(header.task_id)
+        except FedgrpcError as exc:
+            self.status(
+                "update.dropped",
+                f"update for task {header.task_id or '(none)'} refused: {exc}",
+                level="WARNING",
+                session_id=header.session_id,
+                round_id=header.round_id,
+            )
+            raise
+
+    async def accept_update(self, update: ReceivedModel) -> None:
+        task_id = update.header.task_id
+        round_ = self._round_for_task(task_id)
+        try:
+            await round_.accept_update(task_id, update)
+        except FedgrpcError as exc:
+            self.status(
+                "update.rejected",
+                f"update from {round_.client_of(task_id)} for round {round_.id} refused: {exc}",
+                level="WARNING",
+                session_id=round_.assignment.session_id,
+                round_id=round_.id,
+            )
+            raise
+
+    def _round_for_task(self, task_id: str) -> TrainingRound:
+        work = self._tasks.get(task_id)
+        if isinstance(work, TrainingRound):
+            return work
+        if task_id in self._closed_task_set:
+            raise FailedPrecondition(
+                f"task {task_id} belongs to a round that has closed; the update was dropped"
+            )
+        raise FailedPrecondition(f"task {task_id!r} is not an open train task on this combiner")
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    def start_round(self, assignment: network_pb2.RoundAssignment) -> None:
+        self._spawn(self._run_round(assignment))
+
+    def start_validation(self, assignment: network_pb2.ValidationAssignment) -> None:
+        self._spawn(self._run_validation(assignment))
+
+    def cancel_round(self, round_id: str, reason: str) -> None:
+        round_ = self._rounds.get(round_id)
+        if round_ is not None:
+            round_.close(f"cancelled by the controller: {reason}")
+
+    def cancel_all(self, reason: str) -> None:
+        for round_ in self._rounds.values():
+            round_.close(reason)
+
+    async def _run_round(self, assignment: network_pb2.RoundAssignment) -> None:
+        result = network_pb2.RoundResult(
+            round_id=assignment.round_id, session_id=assignment.session_id
+        )
+        round_: TrainingRound | None = None
+        try:
+            round_ = await self._open_round(assignment)
+            await round_.wait_closed()
+            self._cancel_pending(round_)
+            mean, total_weight, count = await round_.partial_mean()
+            if mean is not None:
+                data = await asyncio.to_thread(dump_model, mean)
+                del mean
+                result.model_id = await self._upload_partial(data, assignment, total_weight, count)
+            result.total_weight, result.num_updates = total_weight, count
+            result.clients.extend(round_.reports())
+        except FedgrpcError as exc:
+            log.warning("round %s failed on combiner %s: %s", assignment.round_id, self.name, exc)
+            result.error = str(exc)
+        finally:
+            if round_ is not None:
+                self._forget_round(round_)
+        self._report(network_pb2.CombinerReport(round_result=result))
+
+    async def _open_round(self, assignment: network_pb2.RoundAssignment) -> TrainingRound:
+        reference = await self._reference_specs(assignment.model_id)
+        aggregator = get_aggregator(
+            assignment.aggregator, struct_to_dict(assignment.aggregator_kwargs)
+        )
+        round_ = TrainingRound(
+            assignment, aggregator.new_accumulator(reference), max_model_size=self.max_model_size
+        )
+        self._rounds[round_.id] = round_
+        sampled = sample_clients(
+            self.clients.online(), assignment.requested_clients, assignment.sampling_seed
+        )
+        round_.dispatch(sampled)
+        for task_id in round_.task_ids:
+            self._tasks[task_id] = round_
+        return round_
+
+    async def _reference_specs(self, model_id: str) -> dict[str, ArraySpec]:
+        cached = await self.models.get(model_id)
+        arrays: dict[str, np.ndarray] = await asyncio.to_thread(
+            load_model, cached.data, max_size=self.max_model_size
+        )
+        return {name: ArraySpec.of(array) for name, array in arrays.items()}
+
+    def _cancel_pending(self, round_: TrainingRound) -> None:
+        for task_id, client_name in round_.pending_tasks():
+            client = self.clients.get(client_name)
+            if client is not None:
+                cancel = combiner_pb2.CancelTask(task_id=task_id, reason=round_.close_reason)
+                client.send(combiner_pb2.ServerMessage(cancel=cancel))
+
+    def _forget_round(self, round_: TrainingRound) -> None:
+        self._rounds.pop(round_.id, None)
+        for task_id in round_.task_ids:
+            self._tasks.pop(task_id, None)
+            if len(self._closed_tasks) == self._closed_tasks.maxlen:
+                self._closed_task_set.discard(self._closed_tasks[0])
+            self._closed_tasks.append(task_id)
+            self._closed_task_set.add(task_id)
+
+    async def _run_validation(self, assignment: network_pb2.ValidationAssignment) -> None:
+        validation = ValidationPass(assignment, self._report)
+        self._validations.add(validation)
+        try:
+            validation.dispatch(self.clients.online())
+            for task_id in validation.task_ids:
+                self._tasks[task_id] = validation
+            await validation.run_to_end()
+        finally:
+            self._validations.discard(validation)
+            for task_id in validation.task_ids:
+                self._tasks.pop(task_id, None)
+
+    # --- misc -----------------------------------------------------------------------------
+
+    def status(self, event_type: str, message: str, *, level: str = "INFO", **fields: Any) -> None:
+        fields.setdefault("sender_name", self.name)
+        fields.setdefault("sender_role", "combiner")
+        event = network_pb2.StatusEvent(
+            event_type=event_type, log_level=level, message=message, **fields
+        )
+        self._report(network_pb2.CombinerReport(status=event))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def shutdown(self) -> None:
+        self.cancel_all("combiner shutting down")
+        self.clients.close_all("combiner shutting down")
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self.models.clear()

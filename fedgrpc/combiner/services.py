@@ -1,0 +1,102 @@
+"""The combiner's gRPC servicers: thin translations onto :class:`CombinerCore`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fedgrpc.combiner.core import CombinerCore
+from fedgrpc.errors import InvalidArgument
+from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
+from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.rpc.streams import pump
+from fedgrpc.transfer import model_stream, receive_model
+
+log = logging.getLogger(__name__)
+
+
+class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
+    def __init__(
+        self, core: CombinerCore, *, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> None:
+        self._core = core
+        self._interval = heartbeat_interval
+        self._timeout = heartbeat_timeout
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[combiner_pb2.ClientMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[combiner_pb2.ServerMessage]:
+        hello = await _first_hello(request_iterator)
+        client = self._core.clients.connect(hello.name, context.peer(), tuple(hello.tags))
+        log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
+        welcome = combiner_pb2.Welcome(
+            combiner_name=self._core.name,
+            heartbeat_interval=self._interval,
+            heartbeat_timeout=self._timeout,
+        )
+        try:
+            yield combiner_pb2.ServerMessage(welcome=welcome)
+            async for message in pump(
+                client,
+                request_iterator,
+                lambda m: self._core.handle_client_message(client, m),
+                heartbeat=combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat()),
+                interval=self._interval,
+                timeout=self._timeout,
+            ):
+                yield message
+        finally:
+            self._core.clients.disconnect(client)
+            log.info(
+                "client %s disconnected: %s", client.name, client.close_reason or "stream ended"
+            )
+
+
+async def _first_hello(
+    messages: AsyncIterator[combiner_pb2.ClientMessage],
+) -> combiner_pb2.ClientHello:
+    try:
+        first = await messages.__anext__()
+    except StopAsyncIteration:
+        raise InvalidArgument("stream closed before the client said hello") from None
+    if not first.HasField("hello"):
+        raise InvalidArgument("the first message on Connect must be a hello")
+    return first.hello
+
+
+class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
+    """Clients download global models here and upload their updates."""
+
+    def __init__(self, core: CombinerCore, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self._core = core
+        self._chunk_size = chunk_size
+
+    async def Upload(
+        self,
+        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> model_pb2.UploadResponse:
+        update = await receive_model(
+            request_iterator,
+            max_size=self._core.max_model_size,
+            check_header=self._core.check_upload,
+        )
+        await self._core.accept_update(update)
+        return model_pb2.UploadResponse(
+            model_id=update.header.model_id, size=len(update.data), sha256=update.header.sha256
+        )
+
+    async def Download(
+        self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.ModelChunk]:
+        cached = await self._core.models.get(request.model_id)
+        header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
+        # A client may ask for smaller chunks, never for larger than the server's message limit.
+        chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
+        for message in model_stream(cached.data, header=header, chunk_size=chunk_size):
+            yield message

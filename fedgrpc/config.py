@@ -1,0 +1,270 @@
+"""Daemon configuration: frozen, keyword-only dataclasses with one loader.
+
+Precedence, lowest first: field defaults, a YAML or TOML file, ``FEDGRPC_<ROLE>_<FIELD>``
+environment variables, then explicit overrides (CLI options). Every value is coerced to the
+field's type and validated at start-up; a bad one raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from fedgrpc.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+MiB = 1024 * 1024
+DEFAULT_CONTROLLER_PORT = 12080
+
+
+def _check(ok: bool, name: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(name, reason)
+
+
+def _check_port(name: str, port: int) -> None:
+    _check(0 <= port <= 65535, name, f"must be between 0 and 65535, got {port}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    _check(value > 0, name, f"must be greater than 0, got {value}")
+
+
+def _check_address(name: str, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    _check(bool(sep and host and port.isdigit()), name, f"must be HOST:PORT, got {address!r}")
+    _check_port(name, int(port))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferLimits:
+    """Limits shared by every daemon that moves model bytes."""
+
+    max_model_size: int = 2048 * MiB
+    chunk_size: int = 1 * MiB
+    # Control-stream messages are small; model bytes never ride on them (see DESIGN.md).
+    max_message_size: int = 16 * MiB
+
+    def __post_init__(self) -> None:
+        _check_positive("max_model_size", self.max_model_size)
+        _check(
+            0 < self.chunk_size <= self.max_message_size // 2,
+            "chunk_size",
+            f"must be > 0 and at most half of max_message_size ({self.max_message_size}), "
+            f"got {self.chunk_size}",
+        )
+        _check(self.max_message_size >= 64 * 1024, "max_message_size", "must be at least 64 KiB")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig(TransferLimits):
+    """The hub: statestore, model store, sessions and the user API."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_CONTROLLER_PORT
+    data_dir: Path = Path("fedgrpc-data")
+    mongo_uri: str | None = None
+    mongo_database: str = "fedgrpc"
+    # Combiners send a heartbeat on their link this often; silent for `*_timeout`, they are
+    # marked offline and their clients are left out of the next round.
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 20.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_port("port", self.port)
+        _check_positive("heartbeat_interval", self.heartbeat_interval)
+        _check(
+            self.heartbeat_timeout > self.heartbeat_interval,
+            "heartbeat_timeout",
+            "must be longer than heartbeat_interval",
+        )
+        if self.mongo_uri is not None:
+            _check(
+                self.mongo_uri.startswith(("mongodb://", "mongodb+srv://")),
+                "mongo_uri",
+                "must start with mongodb:// or mongodb+srv://",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CombinerConfig(TransferLimits):
+    """A scale-out aggregation node between the controller and the clients."""
+
+    controller: str = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    # The address clients are told to dial; defaults to host:bound-port.
+    advertise_address: str | None = None
+    max_clients: int = 10_000
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 20.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_address("controller", self.controller)
+        _check_port("port", self.port)
+        _check_positive("max_clients", self.max_clients)
+        _check_positive("heartbeat_interval", self.heartbeat_interval)
+        _check(
+            self.heartbeat_timeout > self.heartbeat_interval,
+            "heartbeat_timeout",
+            "must be longer than heartbeat_interval",
+        )
+        if self.advertise_address is not None:
+            _check_address("advertise_address", self.advertise_address)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig(TransferLimits):
+    """A node at a data site that runs the user's train/validate code."""
+
+    controller: str = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
+    name: str | None = None
+    preferred_combiner: str | None = None
+    heartbeat_interval: float = 5.0
+    # Reconnect backoff: base * 2**attempt, capped, with full jitter.
+    reconnect_base_delay: float = 0.2
+    reconnect_max_delay: float = 10.0
+    log_level: str = "INFO"
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_address("controller", self.controller)
+        _check_positive("heartbeat_interval", self.heartbeat_interval)
+        _check_positive("reconnect_base_delay", self.reconnect_base_delay)
+        _check(
+            self.reconnect_max_delay >= self.reconnect_base_delay,
+            "reconnect_max_delay",
+            "must be at least reconnect_base_delay",
+        )
+
+
+Config = TypeVar("Config", ControllerConfig, CombinerConfig, ClientConfig)
+
+_ROLE_OF: dict[type[Any], str] = {
+    ControllerConfig: "controller",
+    CombinerConfig: "combiner",
+    ClientConfig: "client",
+}
+
+
+def load_config(
+    cls: type[Config],
+    *,
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build ``cls`` from defaults, a file, the environment and overrides (in that order)."""
+    role = _ROLE_OF[cls]
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(path, role))
+    values.update(_from_environ(cls, role, os.environ if environ is None else environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(cls, values)
+
+
+def _read_file(path: Path, role: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError("config", f"{path} is not valid: {exc}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of field names to values")
+    # A shared file may hold one section per role: {"controller": {...}, "client": {...}}.
+    section = data.get(role, data)
+    if not isinstance(section, dict):
+        raise ConfigError(role, f"section in {path} must be a mapping")
+    return {str(k).replace("-", "_"): v for k, v in section.items() if k not in _ROLE_OF.values()}
+
+
+def _from_environ(cls: type[Any], role: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    prefix = f"FEDGRPC_{role.upper()}_"
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if key.startswith(prefix):
+            name = key[len(prefix) :].lower()
+            if name not in names:
+                raise ConfigError(key, f"unknown setting; known: {', '.join(sorted(names))}")
+            found[name] = raw
+    return found
+
+
+def _build(cls: type[Config], values: Mapping[str, Any]) -> Config:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(name, hints[name], value) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn a file or environment value into the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return _coerce(name, args[0], value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(name, f"expected a list, got {value!r}")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    return _coerce_scalar(name, hint, value)
+
+
+def _coerce_scalar(name: str, hint: Any, value: Any) -> Any:
+    if hint is bool:
+        return _coerce_bool(name, value)
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected a number, got {value!r}")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if hint is int else "a number"
+            raise ConfigError(name, f"expected {kind}, got {value!r}") from None
+    if hint is Path:
+        return Path(str(value)).expanduser()
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(name, f"expected text, got {value!r}")
+    return str(value)
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, f"expected true or false, got {value!r}")

@@ -1,0 +1,98 @@
+"""The control API as plain async functions over the statestore and the session manager.
+
+The ControlService servicer only translates messages to these calls and back; anything with a
+rule in it lives here or below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fedgrpc._version import __version__
+from fedgrpc.controller.network import Network
+from fedgrpc.controller.sessions import SessionManager
+from fedgrpc.errors import NotFound
+from fedgrpc.statestore import ListResult, NamedRepository, Record
+
+T = TypeVar("T")
+
+
+async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class ControlAPI:
+    def __init__(self, network: Network, sessions: SessionManager) -> None:
+        self.network = network
+        self.store = network.store
+        self.sessions = sessions
+
+    async def controller_status(self) -> dict[str, Any]:
+        active_model = await self._active_model_id() or ""
+        session_id = self.sessions.active_session_id
+        return {
+            "state": "running" if session_id else "idle",
+            "version": __version__,
+            "active_session_id": session_id,
+            "combiners_online": len(self.network.registry.links),
+            "clients_online": self.network.registry.clients_online(),
+            "active_model_id": active_model,
+        }
+
+    # --- models ---------------------------------------------------------------------------
+
+    async def _active_model_id(self) -> str | None:
+        try:
+            return str((await _db(self.store.models.get_active))["id"])
+        except NotFound:
+            return None
+
+    async def _with_active_flag(self, records: list[Record]) -> list[Record]:
+        active = await self._active_model_id()
+        return [{**record, "active": record["id"] == active} for record in records]
+
+    async def get_model(self, model_id: str) -> Record:
+        return (await self._with_active_flag([await _db(self.store.models.get, model_id)]))[0]
+
+    async def list_models(self, **args: Any) -> ListResult:
+        found = await _db(self.store.models.list, **args)
+        return {"count": found["count"], "result": await self._with_active_flag(found["result"])}
+
+    async def get_active_model(self) -> Record:
+        try:
+            record = await _db(self.store.models.get_active)
+        except NotFound:
+            raise NotFound("no active model; upload a seed model and set it active") from None
+        return {**record, "active": True}
+
+    async def set_active_model(self, model_id: str) -> Record:
+        await _db(self.store.models.set_active, model_id)
+        return await self.get_model(model_id)
+
+    async def model_lineage(
+        self, model_id: str, *, descendants: bool, limit: int, include_self: bool
+    ) -> ListResult:
+        walk = self.store.models.descendants if descendants else self.store.models.ancestors
+        found = await _db(walk, model_id, limit=limit or None, include_self=include_self)
+        return {"count": len(found), "result": await self._with_active_flag(found)}
+
+    # --- the rest: one get/list pair per record kind ------------------------------------
+
+    async def get_named(self, repository: NamedRepository, id_or_name: str) -> Record:
+        """Clients and combiners are looked up by id, then by name."""
+        try:
+            return await _db(repository.get, id_or_name)
+        except NotFound:
+            return await _db(repository.get_by_name, id_or_name)
+
+    async def get(self, kind: str, record_id: str) -> Record:
+        repository = getattr(self.store, kind)
+        record: Record = await _db(repository.get, record_id)
+        return record
+
+    async def list(self, kind: str, **args: Any) -> ListResult:
+        repository = getattr(self.store, kind)
+        found: ListResult = await _db(repository.list, **args)
+        return found

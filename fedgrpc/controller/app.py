@@ -1,0 +1,119 @@
+"""A running controller: statestore, model store, network, sessions and the three services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pymongo
+
+from fedgrpc.config import ControllerConfig
+from fedgrpc.controller.api import ControlAPI
+from fedgrpc.controller.control_service import ControlServicer
+from fedgrpc.controller.model_service import ControllerModelServicer
+from fedgrpc.controller.network import Network
+from fedgrpc.controller.network_service import NetworkServicer
+from fedgrpc.controller.registry import CombinerRegistry
+from fedgrpc.controller.sessions import SessionManager
+from fedgrpc.controller.writer import StateWriter
+from fedgrpc.errors import Unavailable
+from fedgrpc.modelstore import ModelStore, create_model_store
+from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
+from fedgrpc.rpc.server import RunningServer, Service, service_name, start_server
+from fedgrpc.statestore import StateStore, open_mongo_statestore, open_statestore
+
+log = logging.getLogger(__name__)
+
+
+def open_stores(config: ControllerConfig) -> tuple[StateStore, ModelStore, Any]:
+    """The statestore and model store: both on MongoDB (GridFS) or both embedded."""
+    if config.mongo_uri:
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+            config.mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True
+        )
+        database = client[config.mongo_database]
+        store = open_mongo_statestore(database)
+        try:
+            store.ping()
+        except Unavailable:
+            client.close()
+            raise
+        return store, create_model_store(database=database, max_size=config.max_model_size), client
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_statestore(data_dir=config.data_dir)
+    return store, create_model_store(data_dir=config.data_dir, max_size=config.max_model_size), None
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.server: RunningServer | None = None
+        self.sessions: SessionManager | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        self.store, self.models, self._mongo = await asyncio.to_thread(open_stores, config)
+        self.writer = StateWriter()
+        self.writer.start()
+        network = Network(
+            config=config,
+            store=self.store,
+            models=self.models,
+            registry=CombinerRegistry(),
+            writer=self.writer,
+        )
+        await asyncio.to_thread(_mark_everything_offline, self.store)
+        self.network = network
+        self.sessions = SessionManager(network)
+        services = [
+            Service(
+                servicer=ControlServicer(ControlAPI(network, self.sessions)),
+                add_to_server=control_pb2_grpc.add_ControlServiceServicer_to_server,
+                name=service_name(control_pb2, "ControlService"),
+            ),
+            Service(
+                servicer=NetworkServicer(network),
+                add_to_server=network_pb2_grpc.add_NetworkServiceServicer_to_server,
+                name=service_name(network_pb2, "NetworkService"),
+            ),
+            Service(
+                servicer=ControllerModelServicer(network),
+                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                name=service_name(model_pb2, "ModelService"),
+            ),
+        ]
+        self.server = await start_server(
+            host=config.host,
+            port=config.port,
+            services=services,
+            max_message_size=config.max_message_size,
+        )
+        await self.sessions.resume_interrupted()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return self.server.address
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.sessions is not None:
+            await self.sessions.shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.writer.stop()
+        await asyncio.to_thread(self._close_stores)
+
+    def _close_stores(self) -> None:
+        self.models.close()
+        self.store.close()
+        if self._mongo is not None:
+            self._mongo.close()
+
+
+def _mark_everything_offline(store: StateStore) -> None:
+    """At start-up nobody is linked yet; records say online only once a link says so."""
+    store.combiners.collection.update_many({"status": "online"}, {"status": "offline"})
+    store.clients.collection.update_many({"status": "online"}, {"status": "offline"})

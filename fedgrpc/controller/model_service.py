@@ -1,0 +1,98 @@
+"""The controller's ModelService: seed models from users, partial aggregates from combiners.
+
+An upload tagged with a round id is a combiner's partial for a round in progress (refused when
+no round with that id is awaited); any other upload is a seed model, parsed before it is kept
+so a malformed file never enters the trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+
+from fedgrpc.controller.network import Network
+from fedgrpc.errors import FailedPrecondition
+from fedgrpc.model.serialization import load_model
+from fedgrpc.modelstore import StoredModel, validate_model_id
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.transfer import ReceivedModel, receive_model
+
+
+class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
+    def __init__(self, network: Network) -> None:
+        self._network = network
+
+    async def Upload(
+        self,
+        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> model_pb2.UploadResponse:
+        received = await receive_model(
+            request_iterator,
+            max_size=self._network.config.max_model_size,
+            check_header=self._check_header,
+        )
+        if received.header.round_id:
+            model_id = f"partial-{uuid.uuid4().hex}"
+            stored = await asyncio.to_thread(
+                self._network.models.put_bytes, model_id, received.data
+            )
+        else:
+            model_id, stored = await self._store_seed(received)
+        return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)
+
+    def _check_header(self, header: model_pb2.ModelHeader) -> None:
+        if header.model_id:
+            validate_model_id(header.model_id)
+        if header.round_id and ("round", header.round_id) not in self._network.registry.collectors:
+            raise FailedPrecondition(
+                f"round {header.round_id} is not in progress; its partial result was dropped"
+            )
+
+    async def _store_seed(self, received: ReceivedModel) -> tuple[str, StoredModel]:
+        config = self._network.config
+        await asyncio.to_thread(load_model, received.data, max_size=config.max_model_size)
+        model_id = received.header.model_id or uuid.uuid4().hex
+        models, store = self._network.models, self._network.store
+        stored = await asyncio.to_thread(models.put_bytes, model_id, received.data)
+        name = str(received.metadata.get("name") or f"seed {model_id[:8]}")
+        await asyncio.to_thread(
+            store.models.create,
+            id=model_id,
+            parent_model=None,
+            session_id=None,
+            name=name,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
+        return model_id, stored
+
+    async def Download(
+        self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.ModelChunk]:
+        record = await asyncio.to_thread(self._network.store.models.get, request.model_id)
+        chunk_size = min(
+            request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
+        )
+        chunks = await asyncio.to_thread(
+            self._network.models.get, request.model_id, chunk_size=chunk_size
+        )
+        yield model_pb2.ModelChunk(
+            header=model_pb2.ModelHeader(
+                model_id=request.model_id,
+                total_size=int(record["size"]),
+                chunk_size=chunk_size,
+                sha256=str(record["sha256"]),
+            )
+        )
+        async for chunk in _in_thread(chunks):
+            yield model_pb2.ModelChunk(data=chunk)
+
+
+async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Read a blocking iterator (disk or GridFS) without stalling the event loop."""
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk

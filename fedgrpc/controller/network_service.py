@@ -1,0 +1,58 @@
+"""NetworkService servicer: combiner links and client assignment (thin over :class:`Network`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fedgrpc.controller.network import Network
+from fedgrpc.errors import InvalidArgument
+from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
+from fedgrpc.rpc.streams import pump
+
+
+class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
+    def __init__(self, network: Network) -> None:
+        self._network = network
+
+    async def CombinerLink(
+        self,
+        request_iterator: AsyncIterator[network_pb2.CombinerReport],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[network_pb2.ControllerCommand]:
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("link closed before the combiner registered") from None
+        if not first.HasField("register"):
+            raise InvalidArgument("the first message on CombinerLink must be a registration")
+        network = self._network
+        link = await network.register(first.register)
+        config = network.config
+        registered = network_pb2.CombinerRegistered(
+            combiner_id=link.record_id,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+        )
+        try:
+            yield network_pb2.ControllerCommand(registered=registered)
+            async for command in pump(
+                link,
+                request_iterator,
+                lambda report: network.handle_report(link, report),
+                heartbeat=network_pb2.ControllerCommand(
+                    heartbeat=network_pb2.ControllerHeartbeat()
+                ),
+                interval=config.heartbeat_interval,
+                timeout=config.heartbeat_timeout,
+            ):
+                yield command
+        finally:
+            await network.unregister(link)
+
+    async def AssignCombiner(
+        self, request: network_pb2.AssignCombinerRequest, context: grpc.aio.ServicerContext
+    ) -> network_pb2.AssignCombinerResponse:
+        link = self._network.assign(request.client_name, request.preferred_combiner)
+        return network_pb2.AssignCombinerResponse(combiner_name=link.name, address=link.address)

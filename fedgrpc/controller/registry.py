@@ -1,0 +1,141 @@
+"""Live combiner links on the controller: who is online, their load, and who waits for them.
+
+Round results and validation reports arrive on the links and are handed straight to the
+session runner waiting for them through :class:`Collector` objects; the controller never
+polls the database for combiner results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from fedgrpc.errors import Unavailable
+from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.rpc.streams import StreamPeer
+
+# A client told to use a combiner counts toward its load for this long, or until it connects,
+# so a burst of assignments spreads out instead of piling onto the emptiest combiner.
+PENDING_ASSIGNMENT_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class CombinerLinkState(StreamPeer[network_pb2.ControllerCommand]):
+    """One linked combiner."""
+
+    record_id: str = ""
+    address: str = ""
+    max_clients: int = 0
+    clients: set[str] = field(default_factory=set)
+    pending: dict[str, float] = field(default_factory=dict)
+
+    def load(self) -> float:
+        now = time.monotonic()
+        self.pending = {
+            name: at for name, at in self.pending.items() if now - at < PENDING_ASSIGNMENT_SECONDS
+        }
+        return len(self.clients | set(self.pending)) / max(self.max_clients, 1)
+
+    def has_room(self) -> bool:
+        return len(self.clients | set(self.pending)) < self.max_clients
+
+
+class Collector:
+    """Waits for one answer from each of a set of combiners (round results, validation ends)."""
+
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = set(expected)
+        self.results: dict[str, object] = {}
+        self.lost: set[str] = set()
+        self._done = asyncio.Event()
+        self._check()
+
+    def deliver(self, combiner: str, result: object) -> bool:
+        if combiner not in self.expected or combiner in self.results:
+            return False
+        self.results[combiner] = result
+        self._check()
+        return True
+
+    def combiner_lost(self, combiner: str) -> None:
+        if combiner in self.expected and combiner not in self.results:
+            self.lost.add(combiner)
+            self._check()
+
+    def _check(self) -> None:
+        if self.expected <= set(self.results) | self.lost:
+            self._done.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when every combiner answered or was lost before ``timeout``."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class CombinerRegistry:
+    def __init__(self) -> None:
+        self.links: dict[str, CombinerLinkState] = {}
+        self.collectors: dict[tuple[str, str], Collector] = {}
+
+    def attach(self, link: CombinerLinkState) -> CombinerLinkState | None:
+        """Add a link; returns the one it replaced (a combiner reconnecting), if any."""
+        previous = self.links.get(link.name)
+        self.links[link.name] = link
+        if previous is not None:
+            previous.close("replaced by a newer link of the same combiner")
+        return previous
+
+    def detach(self, link: CombinerLinkState) -> bool:
+        """Remove a link unless a newer one replaced it; tell waiting collectors."""
+        if self.links.get(link.name) is not link:
+            return False
+        del self.links[link.name]
+        for collector in self.collectors.values():
+            collector.combiner_lost(link.name)
+        return True
+
+    def online(self) -> list[CombinerLinkState]:
+        return sorted(self.links.values(), key=lambda link: link.name)
+
+    def clients_online(self) -> int:
+        return sum(len(link.clients) for link in self.links.values())
+
+    def assign(self, client_name: str, preferred: str = "") -> CombinerLinkState:
+        """The preferred combiner when online and not full, else the least loaded one."""
+        candidates = [
+            link for link in self.online() if link.has_room() or client_name in link.clients
+        ]
+        if not candidates:
+            raise Unavailable("no combiner with free capacity is online; try again shortly")
+        chosen = next((link for link in candidates if link.name == preferred), None)
+        if chosen is None:
+            chosen = min(candidates, key=lambda link: (link.load(), link.name))
+        chosen.pending[client_name] = time.monotonic()
+        return chosen
+
+    def client_connected(self, link: CombinerLinkState, client_name: str) -> None:
+        for other in self.links.values():
+            if other is not link:
+                other.clients.discard(client_name)
+        link.clients.add(client_name)
+        link.pending.pop(client_name, None)
+
+    def client_disconnected(self, link: CombinerLinkState, client_name: str) -> None:
+        link.clients.discard(client_name)
+
+    def expect(self, kind: str, round_id: str, combiners: set[str]) -> Collector:
+        collector = Collector(combiners)
+        self.collectors[(kind, round_id)] = collector
+        return collector
+
+    def forget(self, kind: str, round_id: str) -> None:
+        self.collectors.pop((kind, round_id), None)
+
+    def deliver(self, kind: str, round_id: str, combiner: str, result: object) -> bool:
+        """Hand a result to whoever waits for it; False when nobody does (a late result)."""
+        collector = self.collectors.get((kind, round_id))
+        return collector is not None and collector.deliver(combiner, result)

@@ -1,0 +1,345 @@
+"""Runs one session's rounds: dispatch to combiners, wait (bounded), reduce, commit, validate.
+
+Failure policy (documented in the README): a round fails when fewer than ``min_clients``
+updates arrive by its timeout, or no combiner can take part. The global model then stays as
+it was. With ``round_failure_policy="continue"`` (default) the session goes on, but fails after
+``max_consecutive_failures`` failed rounds in a row (0 = never); with ``"stop"`` the first
+failed round fails the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedgrpc.controller.network import Network
+from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round, split_requested
+from fedgrpc.errors import FedgrpcError
+from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.statestore import Record
+from fedgrpc.transfer import dict_to_struct, struct_to_dict
+
+log = logging.getLogger(__name__)
+
+# Extra seconds the controller gives combiners beyond round_timeout to report, so a round
+# that closes on time at the combiner is not lost to transfer time.
+REPORT_GRACE_SECONDS = 30.0
+
+
+class RoundFailedError(Exception):
+    """The round ends as failed; the message says why."""
+
+
+@dataclass
+class RoundRecord:
+    """The round's record, built up as it runs."""
+
+    id: str
+    number: int
+    started: float = field(default_factory=time.monotonic)
+    combiners: list[dict[str, Any]] = field(default_factory=list)
+    partial_ids: list[str] = field(default_factory=list)
+
+
+class SessionRunner:
+    def __init__(self, network: Network, session: Record) -> None:
+        self.network = network
+        self.store = network.store
+        self.session = session
+        self.config: dict[str, Any] = session["config"]
+        self.stop_requested = asyncio.Event()
+        self._round: RoundRecord | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.session["id"])
+
+    async def _save(self, **fields: Any) -> None:
+        self.session = await asyncio.to_thread(self.store.sessions.update, self.id, **fields)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        if self._round is not None:
+            for link in self.network.registry.online():
+                cancel = network_pb2.CancelRound(round_id=self._round.id, reason="session stopped")
+                link.send(network_pb2.ControllerCommand(cancel_round=cancel))
+
+    async def run(self) -> None:
+        try:
+            status, reason = await self._run_rounds()
+        except asyncio.CancelledError:
+            raise  # controller shutdown: the session stays "running" and resumes on restart
+        except Exception as exc:
+            log.exception("session %s failed unexpectedly", self.id)
+            status, reason = "failed", f"internal error: {exc}"
+        await self._save(status=status, reason=reason)
+        log.info("session %s %s%s", self.id, status, f": {reason}" if reason else "")
+
+    async def _run_rounds(self) -> tuple[str, str]:
+        failures_in_row = 0
+        limit = int(self.config.get("max_consecutive_failures", 0))
+        while int(self.session["rounds_completed"]) < int(self.session["rounds_planned"]):
+            if self.stop_requested.is_set():
+                return "stopped", "stopped by request"
+            ok = await self._run_round()
+            if self.stop_requested.is_set():
+                return "stopped", "stopped by request"
+            failures_in_row = 0 if ok else failures_in_row + 1
+            if not ok and self.config.get("round_failure_policy") == "stop":
+                return "failed", "a round failed and round_failure_policy is stop"
+            if limit and failures_in_row >= limit:
+                return "failed", f"{failures_in_row} rounds in a row failed"
+        return "finished", ""
+
+    async def _next_round_number(self) -> int:
+        rounds = await asyncio.to_thread(
+            self.store.rounds.list,
+            session_id=self.id,
+            limit=1,
+            sort_key="round_number",
+            sort_order="desc",
+        )
+        return int(rounds["result"][0]["round_number"]) + 1 if rounds["result"] else 1
+
+    async def _run_round(self) -> bool:
+        number = await self._next_round_number()
+        record = await asyncio.to_thread(
+            self.store.rounds.create,
+            session_id=self.id,
+            round_number=number,
+            status="running",
+            model_id=self.session["model_id"],
+        )
+        self._round = RoundRecord(id=record["id"], number=number)
+        try:
+            outcome = await self._train(self._round)
+            model_id = await self._commit(self._round, outcome)
+        except RoundFailedError as exc:
+            await self._finish_round(self._round, "failed", reason=str(exc))
+            await self._save(rounds_completed=int(self.session["rounds_completed"]) + 1)
+            return False
+        except SessionStoppedError:
+            await self._finish_round(
+                self._round, "aborted", reason="session stopped during the round"
+            )
+            return True
+        finally:
+            await self._drop_partials(self._round)
+        if self.config.get("validate", True):
+            await self._validate(self._round, model_id)
+        self._round = None
+        return True
+
+    async def _train(self, round_: RoundRecord) -> ReduceOutcome:
+        timeout = float(self.config["round_timeout"])
+        await self.network.wait_for_clients(int(self.config["min_clients"]), timeout)
+        shares = split_requested(
+            int(self.config["requested_clients"]),
+            {link.name: len(link.clients) for link in self.network.registry.online()},
+        )
+        if not shares:
+            raise RoundFailedError("no clients are connected to any combiner")
+        collector = self.network.registry.expect("round", round_.id, set(shares))
+        try:
+            for name, share in shares.items():
+                if not self._assign(round_, name, share):
+                    collector.combiner_lost(name)
+            await self._wait_or_stop(collector.wait(timeout + REPORT_GRACE_SECONDS))
+            results: dict[str, network_pb2.RoundResult] = dict(collector.results)  # type: ignore[arg-type]
+            lost = set(shares) - set(results)
+        finally:
+            self.network.registry.forget("round", round_.id)
+        partials = self._collect(round_, results, lost)
+        return await self._reduce(round_, partials)
+
+    def _assign(self, round_: RoundRecord, combiner: str, share: int) -> bool:
+        c = self.config
+        assignment = network_pb2.RoundAssignment(
+            round_id=round_.id,
+            session_id=self.id,
+            round_number=round_.number,
+            model_id=self.session["model_id"],
+            aggregator=c["aggregator"],
+            aggregator_kwargs=dict_to_struct(c.get("aggregator_kwargs")),
+            client_settings=dict_to_struct(c.get("client_settings")),
+            round_timeout=float(c["round_timeout"]),
+            round_buffer_size=int(c["round_buffer_size"]),
+            requested_clients=share,
+            sampling_seed=(int(c.get("seed", 0)) * 1_000_003 + round_.number) & 0xFFFFFFFFFFFF,
+        )
+        link = self.network.registry.links.get(combiner)
+        if link is None:
+            return False
+        link.send(network_pb2.ControllerCommand(round=assignment))
+        return True
+
+    async def _wait_or_stop(self, waiting: Any) -> None:
+        wait_task = asyncio.ensure_future(waiting)
+        stop_task = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait({wait_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        wait_task.cancel()
+        stop_task.cancel()
+        if self.stop_requested.is_set():
+            raise SessionStoppedError
+
+    def _collect(
+        self, round_: RoundRecord, results: dict[str, network_pb2.RoundResult], lost: set[str]
+    ) -> list[Partial]:
+        partials: list[Partial] = []
+        for name, result in results.items():
+            if result.model_id:
+                round_.partial_ids.append(result.model_id)
+                partials.append(
+                    Partial(
+                        combiner=name,
+                        model_id=result.model_id,
+                        total_weight=result.total_weight,
+                        num_updates=result.num_updates,
+                    )
+                )
+            round_.combiners.append(_combiner_report(name, result))
+        for name in sorted(lost):
+            round_.combiners.append(
+                {
+                    "name": name,
+                    "status": "lost",
+                    "error": "combiner went offline or did not report in time",
+                }
+            )
+        updates = sum(p.num_updates for p in partials)
+        needed = int(self.config["min_clients"])
+        if updates < needed:
+            raise RoundFailedError(
+                f"{updates} update(s) arrived; the session needs min_clients={needed}"
+            )
+        return partials
+
+    async def _reduce(self, round_: RoundRecord, partials: list[Partial]) -> ReduceOutcome:
+        try:
+            outcome = await asyncio.to_thread(
+                reduce_round,
+                store=self.network.models,
+                global_model_id=self.session["model_id"],
+                partials=partials,
+                aggregator=self.config["aggregator"],
+                aggregator_kwargs=self.config.get("aggregator_kwargs") or {},
+                state_id=self.session.get("aggregator_state_id"),
+                max_model_size=self.network.config.max_model_size,
+            )
+        except FedgrpcError as exc:
+            raise RoundFailedError(f"aggregation failed: {exc}") from exc
+        for entry in round_.combiners:
+            if entry["name"] in outcome.rejected:
+                entry.update(status="rejected", error=outcome.rejected[entry["name"]])
+        if outcome.num_updates < int(self.config["min_clients"]):
+            raise RoundFailedError(
+                f"only {outcome.num_updates} usable update(s); min_clients not met"
+            )
+        return outcome
+
+    async def _commit(self, round_: RoundRecord, outcome: ReduceOutcome) -> str:
+        """Store the new model, then its record, then move the session to it (crash-safe order)."""
+        model_id = uuid.uuid4().hex
+        stored = await asyncio.to_thread(
+            self.network.models.put_bytes, model_id, outcome.model_bytes
+        )
+        await asyncio.to_thread(
+            self.store.models.create,
+            id=model_id,
+            parent_model=self.session["model_id"],
+            session_id=self.id,
+            name=f"{self.session.get('name') or self.id} round {round_.number}",
+            round_number=round_.number,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
+        await asyncio.to_thread(self.store.models.set_active, model_id)
+        fields: dict[str, Any] = {
+            "model_id": model_id,
+            "rounds_completed": int(self.session["rounds_completed"]) + 1,
+        }
+        old_state = self.session.get("aggregator_state_id")
+        if outcome.state_bytes is not None:
+            fields["aggregator_state_id"] = f"state-{uuid.uuid4().hex}"
+            await asyncio.to_thread(
+                self.network.models.put_bytes, fields["aggregator_state_id"], outcome.state_bytes
+            )
+        await self._save(**fields)
+        if old_state and outcome.state_bytes is not None:
+            await asyncio.to_thread(self.network.models.delete, old_state)
+        await self._finish_round(
+            round_,
+            "success",
+            committed_model_id=model_id,
+            num_updates=outcome.num_updates,
+            total_weight=outcome.total_weight,
+        )
+        return model_id
+
+    async def _finish_round(self, round_: RoundRecord, status: str, **fields: Any) -> None:
+        await asyncio.to_thread(
+            self.store.rounds.update,
+            round_.id,
+            status=status,
+            combiners=round_.combiners,
+            duration_seconds=time.monotonic() - round_.started,
+            **fields,
+        )
+        log.info(
+            "session %s round %d %s %s", self.id, round_.number, status, fields.get("reason", "")
+        )
+
+    async def _drop_partials(self, round_: RoundRecord) -> None:
+        if self.config.get("delete_models", True):
+            for partial_id in round_.partial_ids:
+                await asyncio.to_thread(self.network.models.delete, partial_id)
+
+    async def _validate(self, round_: RoundRecord, model_id: str) -> None:
+        links = [link for link in self.network.registry.online() if link.clients]
+        if not links:
+            return
+        timeout = float(self.config["round_timeout"])
+        collector = self.network.registry.expect(
+            "validation", round_.id, {link.name for link in links}
+        )
+        try:
+            assignment = network_pb2.ValidationAssignment(
+                session_id=self.id, round_id=round_.id, model_id=model_id, timeout=timeout
+            )
+            for link in links:
+                link.send(network_pb2.ControllerCommand(validation=assignment))
+            await collector.wait(timeout + REPORT_GRACE_SECONDS)
+        finally:
+            self.network.registry.forget("validation", round_.id)
+        await self.network.writer.flush()  # validations are visible once the round is over
+
+
+class SessionStoppedError(Exception):
+    """A stop request interrupted the round."""
+
+
+def _combiner_report(name: str, result: network_pb2.RoundResult) -> dict[str, Any]:
+    return {
+        "name": name,
+        "status": "failed" if result.error else "ok",
+        "num_updates": result.num_updates,
+        "total_weight": result.total_weight,
+        "error": result.error,
+        "clients": [
+            {
+                "client_name": c.client_name,
+                "status": c.status,
+                "num_examples": c.num_examples,
+                "train_seconds": c.train_seconds,
+                "upload_bytes": c.upload_bytes,
+                "round_trip_seconds": c.round_trip_seconds,
+                "message": c.message,
+                "metadata": struct_to_dict(c.metadata),
+            }
+            for c in result.clients
+        ],
+    }

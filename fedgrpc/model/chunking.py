@@ -1,0 +1,210 @@
+"""Splitting payloads into gRPC-sized chunks and checking/reassembling them on the other side.
+
+A stream's header announces the total size and sha256 (either may be unknown). The receiver
+enforces its own size limit and the announced size while chunks arrive, so an oversized or
+lying stream is cut off at the first chunk that crosses a limit, not after it has all arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+
+from fedgrpc.errors import (
+    ChecksumMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    PayloadTooLarge,
+    TruncatedStream,
+)
+
+# gRPC's default maximum message is 4 MiB; 1 MiB chunks stay well clear of it with headroom
+# for the other fields of the message.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+Buffer = bytes | bytearray | memoryview
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def sha256_hex(data: Buffer) -> str:
+    """The lowercase hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """``chunk_size`` if it is a positive int, else InvalidArgument."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise InvalidArgument(f"chunk_size must be a positive number of bytes, got {chunk_size!r}")
+    return chunk_size
+
+
+def iter_chunks(data: Buffer, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[memoryview]:
+    """Zero-copy slices of ``data``, each ``chunk_size`` bytes except possibly the last.
+
+    An empty payload yields no chunks. Arguments are checked on call, not on first ``next()``.
+    """
+    check_chunk_size(chunk_size)
+    return _slices(memoryview(data).cast("B"), chunk_size)
+
+
+def _slices(view: memoryview, chunk_size: int) -> Iterator[memoryview]:
+    for start in range(0, len(view), chunk_size):
+        yield view[start : start + chunk_size]
+
+
+class StreamVerifier:
+    """Checks a stream against its header and a size limit as chunks pass through it.
+
+    It keeps no payload: the model stores write chunks straight to disk or GridFS and use this
+    for the checks, while :class:`ChunkAssembler` adds an in-memory buffer on top.
+    """
+
+    def __init__(
+        self,
+        *,
+        expected_size: int | None = None,
+        expected_sha256: str | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        self.expected_size = _checked_size("expected_size", expected_size)
+        self.expected_sha256 = _checked_sha256(expected_sha256)
+        self.max_size = _checked_size("max_size", max_size)
+        if _exceeds(self.expected_size, self.max_size):
+            # Refuse before a single chunk is read (or a buffer allocated).
+            raise PayloadTooLarge(
+                f"stream announces {self.expected_size} bytes, "
+                f"over the limit of {self.max_size} bytes"
+            )
+        self.received = 0
+        self._hasher = hashlib.sha256()
+        self._finished = False
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
+        return self._hasher.hexdigest()
+
+    def update(self, chunk: Buffer) -> None:
+        """Account for one chunk; PayloadTooLarge if it pushes the total over a limit."""
+        if self._finished:
+            raise FailedPrecondition("stream was already finished; no more chunks are accepted")
+        total = self.received + _nbytes(chunk)
+        if self.max_size is not None and total > self.max_size:
+            raise PayloadTooLarge(
+                f"stream exceeds the size limit: {total} bytes received, "
+                f"limit {self.max_size} bytes"
+            )
+        if self.expected_size is not None and total > self.expected_size:
+            raise PayloadTooLarge(
+                f"stream is longer than its header announced: {total} bytes received, "
+                f"{self.expected_size} bytes announced"
+            )
+        self._hasher.update(chunk)
+        self.received = total
+
+    def finish(self) -> None:
+        """Check the completed stream: TruncatedStream if short, ChecksumMismatch if corrupt."""
+        if self._finished:
+            raise FailedPrecondition("stream was already finished")
+        self._finished = True
+        if self.expected_size is not None and self.received < self.expected_size:
+            raise TruncatedStream(
+                f"stream ended after {self.received} bytes, its header announced "
+                f"{self.expected_size} bytes ({self.expected_size - self.received} missing)"
+            )
+        if self.expected_sha256 is not None and self.sha256 != self.expected_sha256:
+            raise ChecksumMismatch(
+                f"sha256 mismatch over {self.received} bytes: header announced "
+                f"{self.expected_sha256}, received bytes hash to {self.sha256}"
+            )
+
+
+class ChunkAssembler:
+    """Reassembles a chunked stream into one ``bytes``, verified as by :class:`StreamVerifier`.
+
+    Copy-light: received ``bytes`` chunks are immutable, so they are held as they are and
+    joined once in :meth:`finish`, which is the only copy of their bytes (``join`` sizes its
+    result up front, so this is linear, never quadratic). A preallocated bytearray would need a
+    second full copy, since ``finish`` must hand out ``bytes``. Small or mutable chunks are
+    copied on arrival into batches of at least ``COALESCE_BYTES``, which bounds per-object
+    overhead when a peer sends a flood of tiny chunks. Peak memory is about twice the payload.
+    """
+
+    COALESCE_BYTES = 64 * 1024
+
+    def __init__(
+        self,
+        *,
+        expected_size: int | None = None,
+        expected_sha256: str | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        self._verifier = StreamVerifier(
+            expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
+        )
+        self._parts: list[bytes] = []
+        self._pending = bytearray()
+
+    @property
+    def received(self) -> int:
+        """Bytes accepted so far."""
+        return self._verifier.received
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
+        return self._verifier.sha256
+
+    def add(self, chunk: Buffer) -> None:
+        """Append one chunk; raises PayloadTooLarge at the chunk that crosses a limit."""
+        self._verifier.update(chunk)
+        if _nbytes(chunk) < self.COALESCE_BYTES:
+            self._pending += chunk
+            if len(self._pending) >= self.COALESCE_BYTES:
+                self._flush_pending()
+            return
+        self._flush_pending()
+        # A bytearray or memoryview may be reused by its owner after add() returns.
+        self._parts.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+
+    def finish(self) -> bytes:
+        """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
+        self._verifier.finish()
+        self._flush_pending()
+        payload = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        return payload
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._parts.append(bytes(self._pending))
+            self._pending = bytearray()
+
+
+def _exceeds(size: int | None, limit: int | None) -> bool:
+    return size is not None and limit is not None and size > limit
+
+
+def _nbytes(chunk: Buffer) -> int:
+    # len() of a memoryview counts items, which are not bytes for a cast or numpy-backed view.
+    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+
+
+def _checked_size(field: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{field} must be a non-negative number of bytes, got {value!r}")
+    return value
+
+
+def _checked_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        raise InvalidArgument(
+            f"expected_sha256 must be 64 hex digits (or None when unknown), got {value!r}"
+        )
+    return value.lower()

@@ -1,0 +1,97 @@
+"""Server side of a long-lived bidirectional stream with heartbeats.
+
+Used for both ``CombinerService.Connect`` (a client on a combiner) and
+``NetworkService.CombinerLink`` (a combiner on the controller): messages to the peer are
+queued on its outbox, a reader task handles what the peer sends, and a pacer sends heartbeats
+and ends the stream when the peer has been silent for longer than the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+
+from fedgrpc.errors import Unavailable
+
+Out = TypeVar("Out")
+In = TypeVar("In")
+
+SILENCE_PREFIX = "no heartbeat"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class StreamPeer(Generic[Out]):
+    """The far end of one stream. ``None`` in the outbox ends the stream."""
+
+    name: str
+    outbox: asyncio.Queue[Out | None] = field(default_factory=asyncio.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+    close_reason: str = ""
+
+    def send(self, message: Out) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+        self.outbox.put_nowait(None)
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_seen
+
+
+async def pump(
+    peer: StreamPeer[Out],
+    requests: AsyncIterator[In],
+    on_message: Callable[[In], None],
+    *,
+    heartbeat: Out,
+    interval: float,
+    timeout: float,
+) -> AsyncIterator[Out]:
+    """Yield the peer's outbox until it closes; read and pace the stream meanwhile."""
+    reader = asyncio.ensure_future(_read(peer, requests, on_message))
+    pacer = asyncio.ensure_future(_pace(peer, heartbeat, interval, timeout))
+    try:
+        while (message := await peer.outbox.get()) is not None:
+            yield message
+        if peer.close_reason.startswith(SILENCE_PREFIX):
+            raise Unavailable(peer.close_reason)
+    finally:
+        reader.cancel()
+        pacer.cancel()
+
+
+async def _read(
+    peer: StreamPeer[Out], requests: AsyncIterator[In], on_message: Callable[[In], None]
+) -> None:
+    try:
+        async for message in requests:
+            peer.touch()
+            on_message(message)
+        peer.close("peer closed the stream")
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+        peer.close(f"stream broke: {error}")
+    except Exception:  # a bug in a handler must end this stream, not leave it deaf
+        log.exception("handling a message from %s failed", peer.name)
+        peer.close("internal error while handling a message")
+
+
+async def _pace(peer: StreamPeer[Out], heartbeat: Out, interval: float, timeout: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if peer.silent_for() > timeout:
+            peer.close(f"{SILENCE_PREFIX} from {peer.name} for {timeout:g}s")
+            return
+        peer.send(heartbeat)

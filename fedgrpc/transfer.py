@@ -1,0 +1,151 @@
+"""Chunked model transfer over ``fedgrpc.model.v1.ModelService``, both ends.
+
+A stream is one header (id, total size, chunk size, sha256, round/task tags, metadata) followed
+by data chunks. Receivers check the size limit as bytes arrive and the sha256 at the end, so a
+truncated, corrupted or oversized upload is refused without ever being stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from fedgrpc.errors import InvalidArgument
+from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, ChunkAssembler, iter_chunks, sha256_hex
+from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.rpc.channel import typed_errors
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedModel:
+    """A verified upload: its header and its bytes (sha256 and size already checked)."""
+
+    header: model_pb2.ModelHeader
+    data: bytes
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return struct_to_dict(self.header.metadata)
+
+
+def dict_to_struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if values:
+        try:
+            struct.update(dict(values))
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(
+                f"metadata must be JSON-like (str, number, bool, list, dict): {exc}"
+            ) from None
+    return struct
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(struct)
+    return result
+
+
+def model_stream(
+    data: bytes | memoryview,
+    *,
+    header: model_pb2.ModelHeader,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterable[model_pb2.ModelChunk]:
+    """The messages of one model stream: the header (size and sha256 filled in), then data.
+
+    A header that already carries the sha256 (a cached model) is trusted, saving a full pass
+    over the bytes for every download.
+    """
+    view = memoryview(data)
+    complete = model_pb2.ModelHeader()
+    complete.CopyFrom(header)
+    complete.total_size = view.nbytes
+    complete.chunk_size = chunk_size
+    if not complete.sha256:
+        complete.sha256 = sha256_hex(view)
+    yield model_pb2.ModelChunk(header=complete)
+    for chunk in iter_chunks(view, chunk_size):
+        yield model_pb2.ModelChunk(data=bytes(chunk))
+
+
+async def upload_model(
+    stub: model_pb2_grpc.ModelServiceStub,
+    data: bytes | memoryview,
+    *,
+    header: model_pb2.ModelHeader,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    timeout: float | None = None,
+) -> model_pb2.UploadResponse:
+    """Upload ``data`` and return the receiver's acknowledgement (typed errors on failure)."""
+
+    async def messages() -> AsyncIterator[model_pb2.ModelChunk]:
+        for message in model_stream(data, header=header, chunk_size=chunk_size):
+            yield message
+
+    async with typed_errors():
+        response: model_pb2.UploadResponse = await stub.Upload(messages(), timeout=timeout)
+        return response
+
+
+async def download_model(
+    stub: model_pb2_grpc.ModelServiceStub,
+    model_id: str,
+    *,
+    max_size: int,
+    timeout: float | None = None,
+) -> ReceivedModel:
+    """Download a model; its size and sha256 are verified against the header."""
+    request = model_pb2.DownloadRequest(model_id=model_id)
+    async with typed_errors():
+        return await receive_model(stub.Download(request, timeout=timeout), max_size=max_size)
+
+
+HeaderCheck = Callable[[model_pb2.ModelHeader], None]
+
+
+async def receive_model(
+    messages: AsyncIterator[model_pb2.ModelChunk],
+    *,
+    max_size: int,
+    check_header: HeaderCheck | None = None,
+) -> ReceivedModel:
+    """Read one header-then-chunks stream into verified bytes.
+
+    ``check_header`` may raise to refuse the stream as soon as its header is read, before any
+    data is buffered (e.g. an update for a round that has closed).
+    """
+    header: model_pb2.ModelHeader | None = None
+    assembler: ChunkAssembler | None = None
+    async for message in messages:
+        if message.HasField("header"):
+            if header is not None:
+                raise InvalidArgument("model stream has a second header; send exactly one, first")
+            header = message.header
+            if check_header is not None:
+                check_header(header)
+            assembler = ChunkAssembler(
+                expected_size=header.total_size,
+                expected_sha256=header.sha256 or None,
+                max_size=max_size,
+            )
+        elif assembler is None:
+            raise InvalidArgument("model stream must start with a header message")
+        else:
+            assembler.add(message.data)
+    if header is None or assembler is None:
+        raise InvalidArgument("model stream was empty: expected a header and data chunks")
+    return ReceivedModel(header=header, data=assembler.finish())
+
+
+async def stream_stored_model(
+    chunks: Iterable[bytes],
+    *,
+    header: model_pb2.ModelHeader,
+) -> AsyncIterator[model_pb2.ModelChunk]:
+    """Serve stored bytes as a download stream (header first)."""
+    yield model_pb2.ModelChunk(header=header)
+    for chunk in chunks:
+        yield model_pb2.ModelChunk(data=chunk)
