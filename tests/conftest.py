@@ -64,3 +64,28 @@ def mongo_database(
         yield mongo_client[name]
     finally:
         mongo_client.drop_database(name)
+
+
+# --- a visible per-backend tally of the statestore contract suite -------------------------
+
+_CONTRACT_TALLY: dict[str, dict[str, int]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "tests/statestore/" not in report.nodeid or "[" not in report.nodeid:
+        return
+    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+        return
+    backend = report.nodeid.rsplit("[", 1)[1].split("-")[0:2]
+    name = "sqlite" if backend[0] == "sqlite" else "-".join(backend).rstrip("]")
+    counts = _CONTRACT_TALLY.setdefault(name, {})
+    counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _CONTRACT_TALLY:
+        return
+    terminalreporter.section("statestore contract suite per backend")
+    for backend, counts in sorted(_CONTRACT_TALLY.items()):
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        terminalreporter.write_line(f"{backend}: {summary}")

@@ -144,6 +144,41 @@ class ControlServiceStub:
                 request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsRequest.SerializeToString,
                 response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsResponse.FromString,
                 _registered_method=True)
+        self.UploadPackage = channel.stream_unary(
+                '/fedgrpc.control.v1.ControlService/UploadPackage',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+                _registered_method=True)
+        self.SetActivePackage = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/SetActivePackage',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.SetActivePackageRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+                _registered_method=True)
+        self.GetActivePackage = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/GetActivePackage',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetActivePackageRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+                _registered_method=True)
+        self.GetPackage = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/GetPackage',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetPackageRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+                _registered_method=True)
+        self.ListPackages = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/ListPackages',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesResponse.FromString,
+                _registered_method=True)
+        self.DownloadPackage = channel.unary_stream(
+                '/fedgrpc.control.v1.ControlService/DownloadPackage',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadPackageRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.FromString,
+                _registered_method=True)
+        self.GetClientConfig = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/GetClientConfig',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -307,6 +342,58 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadPackage(self, request_iterator, context):
+        """Upload a compute package: one header, then the tarball's bytes. The tarball is checked
+        (safe paths, no links out, size cap, a valid fedgrpc.yaml) before it is kept.
+        INVALID_ARGUMENT for a bad package (the message says what is wrong), DATA_LOSS for a
+        sha256 mismatch, RESOURCE_EXHAUSTED over the size limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetActivePackage(self, request, context):
+        """Make a package the active one (what clients started with --package-from-controller run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetActivePackage(self, request, context):
+        """The active package. NOT_FOUND when none is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPackage(self, request, context):
+        """One package.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPackages(self, request, context):
+        """Packages, newest first by default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadPackage(self, request, context):
+        """A package's bytes (the active one when id is empty): header first, then data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClientConfig(self, request, context):
+        """What a client needs to join: the package checksum and helper.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +506,41 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListValidations,
                     request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsRequest.FromString,
                     response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsResponse.SerializeToString,
+            ),
+            'UploadPackage': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadPackage,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.SerializeToString,
+            ),
+            'SetActivePackage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetActivePackage,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.SetActivePackageRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.SerializeToString,
+            ),
+            'GetActivePackage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActivePackage,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetActivePackageRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.SerializeToString,
+            ),
+            'GetPackage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPackage,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetPackageRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.SerializeToString,
+            ),
+            'ListPackages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPackages,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesResponse.SerializeToString,
+            ),
+            'DownloadPackage': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadPackage,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadPackageRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+            ),
+            'GetClientConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClientConfig,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1015,6 +1137,195 @@ class ControlService:
             '/fedgrpc.control.v1.ControlService/ListValidations',
             fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsRequest.SerializeToString,
             fedgrpc_dot_control_dot_v1_dot_control__pb2.ListValidationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadPackage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedgrpc.control.v1.ControlService/UploadPackage',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetActivePackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/SetActivePackage',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.SetActivePackageRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActivePackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/GetActivePackage',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetActivePackageRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/GetPackage',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetPackageRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Package.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPackages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/ListPackages',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.ListPackagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/DownloadPackage',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadPackageRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.PackageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClientConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/GetClientConfig',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.FromString,
             options,
             channel_credentials,
             insecure,

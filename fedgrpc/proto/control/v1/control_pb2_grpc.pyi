@@ -88,6 +88,24 @@ class ControlServiceStub:
     """One validation."""
     ListValidations: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListValidationsRequest, _control_pb2.ListValidationsResponse]
     """Validations, newest first by default."""
+    UploadPackage: _grpc.StreamUnaryMultiCallable[_control_pb2.PackageChunk, _control_pb2.Package]
+    """Upload a compute package: one header, then the tarball's bytes. The tarball is checked
+    (safe paths, no links out, size cap, a valid fedgrpc.yaml) before it is kept.
+    INVALID_ARGUMENT for a bad package (the message says what is wrong), DATA_LOSS for a
+    sha256 mismatch, RESOURCE_EXHAUSTED over the size limit.
+    """
+    SetActivePackage: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetActivePackageRequest, _control_pb2.Package]
+    """Make a package the active one (what clients started with --package-from-controller run)."""
+    GetActivePackage: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetActivePackageRequest, _control_pb2.Package]
+    """The active package. NOT_FOUND when none is set."""
+    GetPackage: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetPackageRequest, _control_pb2.Package]
+    """One package."""
+    ListPackages: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListPackagesRequest, _control_pb2.ListPackagesResponse]
+    """Packages, newest first by default."""
+    DownloadPackage: _grpc.UnaryStreamMultiCallable[_control_pb2.DownloadPackageRequest, _control_pb2.PackageChunk]
+    """A package's bytes (the active one when id is empty): header first, then data."""
+    GetClientConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClientConfigRequest, _control_pb2.ClientConfig]
+    """What a client needs to join: the package checksum and helper."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -143,6 +161,24 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """One validation."""
     ListValidations: _aio.UnaryUnaryMultiCallable[_control_pb2.ListValidationsRequest, _control_pb2.ListValidationsResponse]  # type: ignore[assignment]
     """Validations, newest first by default."""
+    UploadPackage: _aio.StreamUnaryMultiCallable[_control_pb2.PackageChunk, _control_pb2.Package]  # type: ignore[assignment]
+    """Upload a compute package: one header, then the tarball's bytes. The tarball is checked
+    (safe paths, no links out, size cap, a valid fedgrpc.yaml) before it is kept.
+    INVALID_ARGUMENT for a bad package (the message says what is wrong), DATA_LOSS for a
+    sha256 mismatch, RESOURCE_EXHAUSTED over the size limit.
+    """
+    SetActivePackage: _aio.UnaryUnaryMultiCallable[_control_pb2.SetActivePackageRequest, _control_pb2.Package]  # type: ignore[assignment]
+    """Make a package the active one (what clients started with --package-from-controller run)."""
+    GetActivePackage: _aio.UnaryUnaryMultiCallable[_control_pb2.GetActivePackageRequest, _control_pb2.Package]  # type: ignore[assignment]
+    """The active package. NOT_FOUND when none is set."""
+    GetPackage: _aio.UnaryUnaryMultiCallable[_control_pb2.GetPackageRequest, _control_pb2.Package]  # type: ignore[assignment]
+    """One package."""
+    ListPackages: _aio.UnaryUnaryMultiCallable[_control_pb2.ListPackagesRequest, _control_pb2.ListPackagesResponse]  # type: ignore[assignment]
+    """Packages, newest first by default."""
+    DownloadPackage: _aio.UnaryStreamMultiCallable[_control_pb2.DownloadPackageRequest, _control_pb2.PackageChunk]  # type: ignore[assignment]
+    """A package's bytes (the active one when id is empty): header first, then data."""
+    GetClientConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClientConfigRequest, _control_pb2.ClientConfig]  # type: ignore[assignment]
+    """What a client needs to join: the package checksum and helper."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -327,5 +363,65 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListValidationsResponse, _abc.Awaitable[_control_pb2.ListValidationsResponse]]:
         """Validations, newest first by default."""
+
+    @_abc_1.abstractmethod
+    def UploadPackage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.PackageChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Package, _abc.Awaitable[_control_pb2.Package]]:
+        """Upload a compute package: one header, then the tarball's bytes. The tarball is checked
+        (safe paths, no links out, size cap, a valid fedgrpc.yaml) before it is kept.
+        INVALID_ARGUMENT for a bad package (the message says what is wrong), DATA_LOSS for a
+        sha256 mismatch, RESOURCE_EXHAUSTED over the size limit.
+        """
+
+    @_abc_1.abstractmethod
+    def SetActivePackage(
+        self,
+        request: _control_pb2.SetActivePackageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Package, _abc.Awaitable[_control_pb2.Package]]:
+        """Make a package the active one (what clients started with --package-from-controller run)."""
+
+    @_abc_1.abstractmethod
+    def GetActivePackage(
+        self,
+        request: _control_pb2.GetActivePackageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Package, _abc.Awaitable[_control_pb2.Package]]:
+        """The active package. NOT_FOUND when none is set."""
+
+    @_abc_1.abstractmethod
+    def GetPackage(
+        self,
+        request: _control_pb2.GetPackageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Package, _abc.Awaitable[_control_pb2.Package]]:
+        """One package."""
+
+    @_abc_1.abstractmethod
+    def ListPackages(
+        self,
+        request: _control_pb2.ListPackagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListPackagesResponse, _abc.Awaitable[_control_pb2.ListPackagesResponse]]:
+        """Packages, newest first by default."""
+
+    @_abc_1.abstractmethod
+    def DownloadPackage(
+        self,
+        request: _control_pb2.DownloadPackageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.PackageChunk], _abc.AsyncIterator[_control_pb2.PackageChunk]]:
+        """A package's bytes (the active one when id is empty): header first, then data."""
+
+    @_abc_1.abstractmethod
+    def GetClientConfig(
+        self,
+        request: _control_pb2.GetClientConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ClientConfig, _abc.Awaitable[_control_pb2.ClientConfig]]:
+        """What a client needs to join: the package checksum and helper."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
