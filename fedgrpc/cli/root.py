@@ -36,9 +36,11 @@ def main() -> None:
 
 def _register_commands() -> None:
     from fedgrpc.cli.daemons import client_group, combiner_group, controller_group
+    from fedgrpc.cli.health import health_command
     from fedgrpc.cli.run import run_command
 
-    for command in (controller_group, combiner_group, client_group, run_command):
+    commands = (controller_group, combiner_group, client_group, run_command, health_command)
+    for command in commands:
         main.add_command(command)
 
 

@@ -59,6 +59,9 @@ class Network:
         self.registry.attach(link)
         for client in registration.clients:
             self._client_connected(link, client)
+        # A combiner re-registering after a controller restart brings its clients back at once;
+        # a resumed session waiting for min_clients must hear about them now, not at timeout.
+        await self._notify_clients_changed()
         log.info("combiner %s linked (%s)", link.name, link.address)
         return link
 
