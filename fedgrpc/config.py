@@ -43,6 +43,11 @@ def _check_positive(name: str, value: float) -> None:
     _check(value > 0, name, f"must be greater than 0, got {value}")
 
 
+def _check_heartbeats(interval: float, timeout: float) -> None:
+    _check_positive("heartbeat_interval", interval)
+    _check(timeout > interval, "heartbeat_timeout", "must be longer than heartbeat_interval")
+
+
 def _check_address(name: str, address: str) -> None:
     host, sep, port = address.rpartition(":")
     _check(bool(sep and host and port.isdigit()), name, f"must be HOST:PORT, got {address!r}")
@@ -87,12 +92,7 @@ class ControllerConfig(TransferLimits):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_port("port", self.port)
-        _check_positive("heartbeat_interval", self.heartbeat_interval)
-        _check(
-            self.heartbeat_timeout > self.heartbeat_interval,
-            "heartbeat_timeout",
-            "must be longer than heartbeat_interval",
-        )
+        _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
         if self.mongo_uri is not None:
             _check(
                 self.mongo_uri.startswith(("mongodb://", "mongodb+srv://")),
@@ -121,12 +121,7 @@ class CombinerConfig(TransferLimits):
         _check_address("controller", self.controller)
         _check_port("port", self.port)
         _check_positive("max_clients", self.max_clients)
-        _check_positive("heartbeat_interval", self.heartbeat_interval)
-        _check(
-            self.heartbeat_timeout > self.heartbeat_interval,
-            "heartbeat_timeout",
-            "must be longer than heartbeat_interval",
-        )
+        _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
         if self.advertise_address is not None:
             _check_address("advertise_address", self.advertise_address)
 

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fedgrpc.combiner.core import CombinerCore
-from fedgrpc.errors import InvalidArgument
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
-from fedgrpc.rpc.streams import pump
+from fedgrpc.rpc.streams import first_message, pump
 from fedgrpc.transfer import model_stream, receive_model
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         request_iterator: AsyncIterator[combiner_pb2.ClientMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[combiner_pb2.ServerMessage]:
-        hello = await _first_hello(request_iterator)
+        hello: combiner_pb2.ClientHello = await first_message(request_iterator, "hello", "a hello")
         client = self._core.clients.connect(hello.name, context.peer(), tuple(hello.tags))
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
         welcome = combiner_pb2.Welcome(
@@ -55,18 +54,6 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
             log.info(
                 "client %s disconnected: %s", client.name, client.close_reason or "stream ended"
             )
-
-
-async def _first_hello(
-    messages: AsyncIterator[combiner_pb2.ClientMessage],
-) -> combiner_pb2.ClientHello:
-    try:
-        first = await messages.__anext__()
-    except StopAsyncIteration:
-        raise InvalidArgument("stream closed before the client said hello") from None
-    if not first.HasField("hello"):
-        raise InvalidArgument("the first message on Connect must be a hello")
-    return first.hello
 
 
 class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):

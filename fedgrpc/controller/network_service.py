@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fedgrpc.controller.network import Network
-from fedgrpc.errors import InvalidArgument
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
-from fedgrpc.rpc.streams import pump
+from fedgrpc.rpc.streams import first_message, pump
 
 
 class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
@@ -21,14 +20,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         request_iterator: AsyncIterator[network_pb2.CombinerReport],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[network_pb2.ControllerCommand]:
-        try:
-            first = await request_iterator.__anext__()
-        except StopAsyncIteration:
-            raise InvalidArgument("link closed before the combiner registered") from None
-        if not first.HasField("register"):
-            raise InvalidArgument("the first message on CombinerLink must be a registration")
+        registration: network_pb2.RegisterCombiner = await first_message(
+            request_iterator, "register", "a combiner registration"
+        )
         network = self._network
-        link = await network.register(first.register)
+        link = await network.register(registration)
         config = network.config
         registered = network_pb2.CombinerRegistered(
             combiner_id=link.record_id,

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
-from fedgrpc.errors import Unavailable
+from fedgrpc.errors import InvalidArgument, Unavailable
 
 Out = TypeVar("Out")
 In = TypeVar("In")
@@ -49,6 +49,17 @@ class StreamPeer(Generic[Out]):
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_seen
+
+
+async def first_message(requests: AsyncIterator[In], field: str, what: str) -> Any:
+    """The ``field`` of a stream's first message, which must carry it (e.g. a hello)."""
+    try:
+        first: Any = await requests.__anext__()
+    except StopAsyncIteration:
+        raise InvalidArgument(f"stream closed before the first message ({what})") from None
+    if not first.HasField(field):
+        raise InvalidArgument(f"the first message on this stream must be {what}")
+    return getattr(first, field)
 
 
 async def pump(
