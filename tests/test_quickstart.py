@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,35 @@ def test_partition_is_label_skewed_and_complete() -> None:
     assert merged == list(range(len(train.y)))
     histograms = [[(train.y[shard] == label).sum() for label in range(10)] for shard in shards]
     assert any(min(counts) <= 2 for counts in histograms)  # some client barely sees some digit
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedgrpc", "run", "--rounds", "200", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded by the test timeout
+            if line.strip().startswith("1 "):
+                break
+        children = _children(proc.pid)
+        assert len(children) == 6  # controller, combiner, four clients
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "children still running after Ctrl-C"
+            time.sleep(0.1)
+    finally:
+        proc.kill()

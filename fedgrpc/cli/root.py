@@ -35,11 +35,31 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    from fedgrpc.cli.daemons import client_group, combiner_group, controller_group
+    from fedgrpc.cli.client import client_group
+    from fedgrpc.cli.combiner import combiner_group
+    from fedgrpc.cli.controller import controller_group
     from fedgrpc.cli.health import health_command
+    from fedgrpc.cli.model import model_group
+    from fedgrpc.cli.package import package_group
+    from fedgrpc.cli.round import round_group
     from fedgrpc.cli.run import run_command
+    from fedgrpc.cli.session import session_group
+    from fedgrpc.cli.status import status_group
+    from fedgrpc.cli.validation import validation_group
 
-    commands = (controller_group, combiner_group, client_group, run_command, health_command)
+    commands = (
+        run_command,
+        controller_group,
+        combiner_group,
+        client_group,
+        session_group,
+        model_group,
+        package_group,
+        round_group,
+        status_group,
+        validation_group,
+        health_command,
+    )
     for command in commands:
         main.add_command(command)
 

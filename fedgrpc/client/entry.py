@@ -1,28 +1,44 @@
-"""Finding the user's train/validate functions: ``module:object`` or a package directory."""
+"""Finding the user's code: ``module:object``, a package directory, or the controller's package."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import yaml
+from fedgrpc.config import ClientConfig
+from fedgrpc.errors import FailedPrecondition, FedgrpcError, InvalidArgument
+from fedgrpc.packages.commands import (
+    Command,
+    command_predict,
+    command_startup,
+    command_train,
+    command_validate,
+)
+from fedgrpc.packages.fetch import default_cache_dir, fetch_package
+from fedgrpc.packages.manifest import MANIFEST_NAME, EntryPoint, check_references, read_manifest
 
-from fedgrpc.errors import InvalidArgument
+log = logging.getLogger(__name__)
 
 TrainFn = Callable[[Any, Mapping[str, Any]], tuple[Any, Mapping[str, Any]]]
 ValidateFn = Callable[[Any], Mapping[str, Any]]
+StartupFn = Callable[[], Any]
+PredictFn = Callable[[Any], Any]
 
-PACKAGE_MANIFEST = "fedgrpc.yaml"
+PACKAGE_MANIFEST = MANIFEST_NAME
 
 
 @dataclass(frozen=True, kw_only=True)
 class EntryPoints:
     train: TrainFn | None
     validate: ValidateFn | None
+    startup: StartupFn | None = None
+    predict: PredictFn | None = None
 
 
 def load_entry(spec: str) -> EntryPoints:
@@ -39,33 +55,98 @@ def load_entry(spec: str) -> EntryPoints:
     return _entry_points_of(target, spec)
 
 
+def load_client_code(
+    config: ClientConfig,
+    *,
+    entry: str | None = None,
+    package: Path | None = None,
+    from_controller: bool = False,
+    package_dir: Path | None = None,
+) -> EntryPoints:
+    """What ``fedgrpc client start`` runs: ``--entry``, ``--package DIR`` or the controller's
+    active package (downloaded, verified and extracted into ``package_dir``'s cache). A package
+    goes through :func:`start_package` either way."""
+    if entry is not None:
+        return load_entry(entry)
+    if from_controller:
+        package = asyncio.run(
+            fetch_package(
+                config.controller,
+                cache_dir=package_dir or default_cache_dir(),
+                max_message_size=config.max_message_size,
+            )
+        )
+    if package is None:
+        raise InvalidArgument("give an entry, a package directory, or from_controller")
+    return start_package(package)
+
+
+def start_package(directory: Path) -> EntryPoints:
+    """Load a package directory and run its ``startup`` entry point once, if it has one."""
+    entry_points = load_package(directory)
+    if entry_points.startup is not None:
+        log.info("running the package's startup entry point")
+        try:
+            entry_points.startup()
+        except FedgrpcError:
+            raise
+        except Exception as exc:  # the user's code: report it in one line, as a refusal
+            raise FailedPrecondition(
+                f"the package's startup raised {type(exc).__name__}: {exc}"
+            ) from exc
+    return entry_points
+
+
 def load_package(directory: Path) -> EntryPoints:
-    """A directory whose ``fedgrpc.yaml`` names ``train``/``validate`` as module:function."""
-    manifest_path = directory / PACKAGE_MANIFEST
-    try:
-        manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {manifest_path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{manifest_path} is not valid YAML: {exc}") from None
-    entries = manifest.get("entry_points") if isinstance(manifest, dict) else None
-    if not isinstance(entries, dict) or "train" not in entries:
-        raise InvalidArgument(f"{manifest_path} must have entry_points with at least 'train'")
-    sys.path.insert(0, str(directory.resolve()))
+    """A package directory: the entry points its ``fedgrpc.yaml`` names, ready to call.
+
+    Functions are imported from the package (its directory goes first on ``sys.path``);
+    commands are wrapped as described in :mod:`fedgrpc.packages.commands`.
+    """
+    root = Path(directory).resolve()
+    manifest = read_manifest(root)
+    check_references(manifest, lambda path: (root / path).is_file())
+    entries = manifest.entry_points
+    if "train" not in entries and "validate" not in entries:
+        raise InvalidArgument(f"{root / MANIFEST_NAME}: entry_points needs train or validate")
+    if any(not entry.is_command for entry in entries.values()) and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    loaded = {name: _load_entry_point(entry, root) for name, entry in entries.items()}
     return EntryPoints(
-        train=_function(str(entries["train"])),
-        validate=_function(str(entries["validate"])) if "validate" in entries else None,
+        train=loaded.get("train"),
+        validate=loaded.get("validate"),
+        startup=loaded.get("startup"),
+        predict=loaded.get("predict"),
     )
 
 
-def _function(spec: str) -> Callable[..., Any]:
-    module_name, sep, name = spec.partition(":")
-    if not sep:
-        raise InvalidArgument(f"entry point {spec!r} must be module:function")
-    function: Callable[..., Any] | None = getattr(_import(module_name, spec), name, None)
-    if function is None or not callable(function):
-        raise InvalidArgument(f"entry point {spec!r}: {name!r} is not a function in {module_name}")
-    return function
+_COMMAND_WRAPPERS: dict[str, Callable[[Command], Callable[..., Any]]] = {
+    "startup": command_startup,
+    "train": command_train,
+    "validate": command_validate,
+    "predict": command_predict,
+}
+
+
+def _load_entry_point(entry: EntryPoint, root: Path) -> Callable[..., Any]:
+    if entry.module is None or entry.function is None:
+        return _COMMAND_WRAPPERS[entry.name](Command(entry, root))
+    module = _import(entry.module, entry.spec)
+    origin = Path(getattr(module, "__file__", None) or "").resolve()
+    if not origin.is_relative_to(root):
+        # A module of that name was imported already (or shadows the package's): running
+        # someone else's code under the package's name would be a silent, nasty surprise.
+        raise InvalidArgument(
+            f"entry point {entry.name!r} ({entry.spec}): module {entry.module!r} resolves to "
+            f"{origin}, not to the package in {root}; rename the package's module"
+        )
+    function = getattr(module, entry.function, None)
+    if not callable(function):
+        raise InvalidArgument(
+            f"entry point {entry.name!r} ({entry.spec}): {entry.function!r} is not a function "
+            f"in {entry.module}"
+        )
+    return cast(Callable[..., Any], function)
 
 
 def _import(module_name: str, spec: str) -> Any:

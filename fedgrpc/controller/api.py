@@ -7,13 +7,15 @@ rule in it lives here or below.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fedgrpc._version import __version__
+from fedgrpc.controller import packages
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.sessions import SessionManager
 from fedgrpc.errors import NotFound
+from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.statestore import ListResult, NamedRepository, Record
 
 T = TypeVar("T")
@@ -28,6 +30,8 @@ class ControlAPI:
         self.network = network
         self.store = network.store
         self.sessions = sessions
+        # The bound HOST:PORT (port 0 resolved), set by the app once the server listens.
+        self.address: str | None = None
 
     async def controller_status(self) -> dict[str, Any]:
         active_model = await self._active_model_id() or ""
@@ -77,6 +81,40 @@ class ControlAPI:
         walk = self.store.models.descendants if descendants else self.store.models.ancestors
         found = await _db(walk, model_id, limit=limit or None, include_self=include_self)
         return {"count": len(found), "result": await self._with_active_flag(found)}
+
+    # --- compute packages -----------------------------------------------------------------
+
+    async def upload_package(self, messages: AsyncIterator[pb.PackageChunk]) -> Record:
+        return await packages.upload(self.network, messages)
+
+    async def get_package(self, package_id: str) -> Record:
+        return await _db(packages.get, self.store, package_id)
+
+    async def get_active_package(self) -> Record:
+        return await _db(packages.get_active, self.store)
+
+    async def set_active_package(self, package_id: str) -> Record:
+        return await _db(packages.set_active, self.store, package_id)
+
+    async def list_packages(self, **args: Any) -> ListResult:
+        return await _db(packages.list_packages, self.store, **args)
+
+    def download_package(self, package_id: str) -> AsyncIterator[pb.PackageChunk]:
+        return packages.download(self.network, package_id)
+
+    async def client_config(self, *, checksum: bool) -> Record:
+        return await _db(
+            packages.client_config,
+            self.store,
+            controller=self.controller_address,
+            checksum=checksum,
+        )
+
+    @property
+    def controller_address(self) -> str:
+        """HOST:PORT clients dial: the bound address when known, else the configured one."""
+        config = self.network.config
+        return self.address or f"{config.host}:{config.port}"
 
     # --- the rest: one get/list pair per record kind ------------------------------------
 

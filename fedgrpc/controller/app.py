@@ -68,9 +68,10 @@ class Controller:
         await asyncio.to_thread(_mark_everything_offline, self.store)
         self.network = network
         self.sessions = SessionManager(network)
+        self.api = ControlAPI(network, self.sessions)
         services = [
             Service(
-                servicer=ControlServicer(ControlAPI(network, self.sessions)),
+                servicer=ControlServicer(self.api),
                 add_to_server=control_pb2_grpc.add_ControlServiceServicer_to_server,
                 name=service_name(control_pb2, "ControlService"),
             ),
@@ -91,6 +92,7 @@ class Controller:
             services=services,
             max_message_size=config.max_message_size,
         )
+        self.api.address = self.server.address  # what GetClientConfig tells clients to dial
         await self.sessions.resume_interrupted()
 
     @property

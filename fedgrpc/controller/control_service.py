@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -174,3 +175,37 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             "validations", **page_args(request.page), **present_filters(request, names)
         )
         return _listed(found, pb.ListValidationsResponse, pb.Validation)
+
+    # --- compute packages -----------------------------------------------------------------
+
+    async def UploadPackage(
+        self, request_iterator: AsyncIterator[pb.PackageChunk], context: Context
+    ) -> pb.Package:
+        return to_message(await self._api.upload_package(request_iterator), pb.Package)
+
+    async def SetActivePackage(
+        self, request: pb.SetActivePackageRequest, context: Context
+    ) -> pb.Package:
+        return to_message(await self._api.set_active_package(request.id), pb.Package)
+
+    async def GetActivePackage(self, request: Any, context: Context) -> pb.Package:
+        return to_message(await self._api.get_active_package(), pb.Package)
+
+    async def GetPackage(self, request: pb.GetPackageRequest, context: Context) -> pb.Package:
+        return to_message(await self._api.get_package(request.id), pb.Package)
+
+    async def ListPackages(self, request: pb.ListPackagesRequest, context: Context) -> Any:
+        filters = present_filters(request, ("name",))
+        found = await self._api.list_packages(**page_args(request.page), **filters)
+        return _listed(found, pb.ListPackagesResponse, pb.Package)
+
+    async def DownloadPackage(
+        self, request: pb.DownloadPackageRequest, context: Context
+    ) -> AsyncIterator[pb.PackageChunk]:
+        async for message in self._api.download_package(request.id):
+            yield message
+
+    async def GetClientConfig(
+        self, request: pb.GetClientConfigRequest, context: Context
+    ) -> pb.ClientConfig:
+        return to_message(await self._api.client_config(checksum=request.checksum), pb.ClientConfig)

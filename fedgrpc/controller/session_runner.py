@@ -136,7 +136,14 @@ class SessionRunner:
 
     async def _train(self, round_: RoundRecord) -> ReduceOutcome:
         timeout = float(self.config["round_timeout"])
-        await self.network.wait_for_clients(int(self.config["min_clients"]), timeout)
+        needed = int(self.config["min_clients"])
+        enough = asyncio.ensure_future(self.network.wait_for_clients(needed, timeout))
+        await self._wait_or_stop(enough)
+        if not enough.result():
+            online = self.network.registry.clients_online()
+            raise RoundFailedError(
+                f"only {online} client(s) connected within round_timeout; min_clients={needed}"
+            )
         shares = split_requested(
             int(self.config["requested_clients"]),
             {link.name: len(link.clients) for link in self.network.registry.online()},
@@ -178,12 +185,13 @@ class SessionRunner:
         return True
 
     async def _wait_or_stop(self, waiting: Any) -> None:
+        """Await ``waiting`` unless a stop request comes first (then raise SessionStoppedError)."""
         wait_task = asyncio.ensure_future(waiting)
         stop_task = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({wait_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        wait_task.cancel()
         stop_task.cancel()
         if self.stop_requested.is_set():
+            wait_task.cancel()
             raise SessionStoppedError
 
     def _collect(

@@ -287,3 +287,37 @@ async def test_second_session_while_one_runs_is_refused(local_network: LocalNetw
     )
     assert continued.status == "running"
     assert (await net.wait_session(first)).rounds_completed == 2
+
+
+async def test_round_waiting_for_clients_fails_at_timeout_and_stop_is_prompt(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    await net.add_combiner("alpha")
+    await net.add_client("lonely", shift_train(1.0))
+    await net.upload_seed([np.zeros(2, dtype=np.float32)])
+    session_id = await net.start_session(
+        rounds=2,
+        round_timeout=1,
+        min_clients=3,
+        requested_clients=3,
+        validate=False,
+        round_failure_policy="stop",
+    )
+    session = await net.wait_session(session_id)
+    assert session.status == "failed"
+    (round_,) = await net.rounds(session_id)
+    assert "min_clients=3" in round_.reason
+    assert "connected" in round_.reason
+
+    waiting = await net.start_session(
+        rounds=1, round_timeout=600, min_clients=3, requested_clients=3, validate=False
+    )
+
+    async def round_running() -> bool:
+        return any(r.status == "running" for r in await net.rounds(waiting))
+
+    await eventually(round_running, what="the round to start waiting for clients")
+    request = control_pb2.StopSessionRequest(session_id=waiting)
+    stopped = await asyncio.wait_for(net.control.StopSession(request), 15)  # not 600 s
+    assert stopped.status == "stopped"

@@ -1,0 +1,112 @@
+"""``fedgrpc client start|list|get``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fedgrpc.cli.connection import controller_options, page_options
+from fedgrpc.cli.daemon import CONFIG_OPTION, announce, run_until_signalled, setup_logging
+from fedgrpc.cli.output import json_option, show_list, show_record
+from fedgrpc.config import ClientConfig, load_config
+
+if TYPE_CHECKING:
+    from fedgrpc.api import APIClient
+
+
+@click.group("client")
+def client_group() -> None:
+    """A node at a data site that runs your train/validate code."""
+
+
+@client_group.command("start")
+@click.option("--controller", help="Controller HOST:PORT.")
+@click.option("--entry", help="module or module:object holding train and validate.")
+@click.option(
+    "--package",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Package directory with fedgrpc.yaml.",
+)
+@click.option(
+    "--package-from-controller",
+    is_flag=True,
+    help="Download, verify and run the controller's active package.",
+)
+@click.option(
+    "--package-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Package cache for --package-from-controller "
+    "(default: $FEDGRPC_PACKAGE_CACHE or ~/.cache/fedgrpc/packages).",
+)
+@click.option("--name", help="Unique client name (default: host plus a random suffix).")
+@click.option("--preferred-combiner", help="Combiner to prefer when it is online.")
+@CONFIG_OPTION
+def client_start(
+    config_path: Path | None,
+    entry: str | None,
+    package: Path | None,
+    package_from_controller: bool,
+    package_dir: Path | None,
+    **options: Any,
+) -> None:
+    """Connect to the network and run tasks until SIGINT/SIGTERM."""
+    from fedgrpc.client.entry import load_client_code
+    from fedgrpc.client.node import Client
+
+    if [entry is not None, package is not None, package_from_controller].count(True) != 1:
+        raise click.UsageError(
+            "give exactly one of --entry, --package and --package-from-controller"
+        )
+    if package_dir is not None and not package_from_controller:
+        raise click.UsageError("--package-dir goes with --package-from-controller")
+    config = load_config(ClientConfig, path=config_path, overrides=options)
+    setup_logging(config.log_level)
+    functions = load_client_code(
+        config,
+        entry=entry,
+        package=package,
+        from_controller=package_from_controller,
+        package_dir=package_dir,
+    )
+    client = Client(config=config, train=functions.train, validate=functions.validate)
+
+    async def nothing_to_start() -> None:
+        pass
+
+    async def stop() -> None:
+        client.stop()
+
+    asyncio.run(
+        run_until_signalled(
+            nothing_to_start,
+            stop,
+            lambda: announce("client", name=client.name),
+            done=client.run_async(),
+        )
+    )
+
+
+COLUMNS = ("id", "name", "status", "combiner_name", "ip", "last_seen")
+
+
+@client_group.command("list")
+@controller_options
+@click.option("--online", is_flag=True, help="Only clients connected now.")
+@page_options
+@json_option
+def list_clients(api: APIClient, online: bool, limit: int | None, as_json: bool) -> None:
+    """Clients known to the network."""
+    found = api.get_active_clients(n_max=limit) if online else api.get_clients(n_max=limit)
+    show_list(found, COLUMNS, as_json=as_json)
+
+
+@client_group.command("get")
+@controller_options
+@click.argument("client")
+@json_option
+def get_client(api: APIClient, client: str, as_json: bool) -> None:
+    """One client, by id or name."""
+    show_record(api.get_client(client), as_json=as_json)
