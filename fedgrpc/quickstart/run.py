@@ -107,7 +107,7 @@ def _start_network(options: RunOptions, data_dir: Path, daemons: list[Daemon]) -
 def _wait_for_clients(control: Any, count: int, daemons: list[Daemon], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while control.GetControllerStatus(pb.GetControllerStatusRequest()).clients_online < count:
-        dead = [d.name for d in daemons if not d.alive()]
+        dead = [d.name for d in daemons if not d.alive]
         if dead or time.monotonic() > deadline:
             raise RuntimeError(f"clients did not connect (exited: {', '.join(dead) or 'none'})")
         time.sleep(0.1)

@@ -8,23 +8,20 @@ temporary directory, and its JSON ready line read from stdout with a deadline.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import selectors
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import pytest
 
+from fedgrpc.errors import FedgrpcError
+from fedgrpc.launch import Daemon, start_daemon
 from fedgrpc.model.serialization import dump_model, load_model, named_to_list
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
@@ -90,101 +87,12 @@ def wait_until(
 # --- daemons ---------------------------------------------------------------------------------
 
 
-class Daemon:
-    """One fedgrpc daemon subprocess."""
-
-    def __init__(self, label: str, args: Sequence[str], env: Mapping[str, str], log_dir: Path):
-        self.label = label
-        self.args = list(args)
-        self.stderr_path = log_dir / f"{label}.stderr.log"
-        self._stderr: IO[bytes] = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedgrpc", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=dict(env),
-            cwd=REPO_ROOT,
-        )
-        self.ready: dict[str, Any] = {}
-        self.needed_kill = False  # did not exit within the grace time after SIGTERM
-
-    @property
-    def address(self) -> str:
-        return str(self.ready["address"])
-
-    @property
-    def name(self) -> str:
-        return str(self.ready.get("name", self.label))
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Read the one JSON ready line from stdout, failing if the daemon dies or is slow."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buffer = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._fail(f"printed no ready line within {timeout:g}s")
-                if not selector.select(remaining):
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.proc.wait(timeout=5)
-                    self._fail(f"exited with code {self.proc.returncode} before it was ready")
-                buffer += chunk
-        line = buffer.split(b"\n", 1)[0].decode()
-        try:
-            ready = json.loads(line)
-        except ValueError:
-            self._fail(f"printed a first stdout line that is not JSON: {line!r}")
-        if not isinstance(ready, dict) or ready.get("event") != "ready":
-            self._fail(f"printed an unexpected first line: {line!r}")
-        self.ready = dict(ready)
-        return self.ready
-
-    def _fail(self, problem: str) -> NoReturn:
-        if self.alive:
-            self.proc.kill()
-            self.proc.wait()
-        pytest.fail(f"{self.label} {problem}\n--- stderr tail ---\n{self.stderr_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, no goodbye to peers (the kernel still closes its sockets)."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def terminate(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Wait for the exit after :meth:`terminate`; SIGKILL when it takes too long."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.needed_kill = True
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-        return self.proc.returncode
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.stderr_path}: {exc})"
-        return "\n".join(text.splitlines()[-lines:])
+def wait_ready(daemon: Daemon, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """The daemon's ready line, or a test failure showing why it never came."""
+    try:
+        return daemon.wait_ready(timeout)
+    except FedgrpcError as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass(frozen=True)
@@ -220,9 +128,17 @@ class Cluster:
         }
 
     def spawn(self, label: str, args: Sequence[str], env: Mapping[str, str] = {}) -> Daemon:
-        if any(d.label == label for d in self.daemons):
+        if any(d.name == label for d in self.daemons):
             label = f"{label}-{len(self.daemons)}"
-        daemon = Daemon(label, args, {**self.env, **env}, self.log_dir)
+        daemon = start_daemon(
+            label,
+            args,
+            log_dir=self.log_dir,
+            env=env,
+            base_env=self.env,
+            cwd=REPO_ROOT,
+            wait_ready=False,
+        )
         self.daemons.append(daemon)
         return daemon
 
@@ -232,7 +148,7 @@ class Cluster:
         data_dir = data_dir or self.root / "controller-data"
         args = ["controller", "start", "--port", str(port), "--data-dir", str(data_dir)]
         daemon = self.spawn(label, args)
-        daemon.wait_ready()
+        wait_ready(daemon)
         return daemon
 
     def start_combiners(self, controller: str, names: Iterable[str]) -> list[Daemon]:
@@ -244,7 +160,7 @@ class Cluster:
             for name in names
         ]
         for daemon in started:
-            daemon.wait_ready()
+            wait_ready(daemon)
         return started
 
     def start_clients(self, controller: str, specs: Iterable[ClientSpec]) -> dict[str, Daemon]:
@@ -259,7 +175,7 @@ class Cluster:
             args = ["client", "start", "--controller", controller, "--name", spec.name]
             started[spec.name] = self.spawn(spec.name, [*args, "--entry", "tests.e2e.clients"], env)
         for daemon in started.values():
-            daemon.wait_ready()
+            wait_ready(daemon)
         return started
 
     def stop_all(self) -> dict[str, int]:
@@ -270,14 +186,14 @@ class Cluster:
         """
         for daemon in reversed(self.daemons):
             daemon.terminate()
-        return {daemon.label: daemon.wait_stopped() for daemon in reversed(self.daemons)}
+        return {daemon.name: daemon.wait_stopped() for daemon in reversed(self.daemons)}
 
     def report(self, lines: int = 40) -> str:
         parts = []
         for daemon in self.daemons:
-            code = daemon.proc.returncode
+            code = daemon.process.returncode
             state = "running" if code is None else f"exit code {code}"
-            parts.append(f"===== {daemon.label} ({state}) =====\n{daemon.stderr_tail(lines)}")
+            parts.append(f"===== {daemon.name} ({state}) =====\n{daemon.log_tail(lines)}")
         return "\n".join(parts)
 
 

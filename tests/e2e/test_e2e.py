@@ -106,7 +106,7 @@ def test_fedavg_over_two_combiners(cluster: Cluster, api_clients: list[ControlCl
     # SIGTERM stops every daemon cleanly and promptly.
     exit_codes = cluster.stop_all()
     assert exit_codes == dict.fromkeys(exit_codes, 0)
-    assert not [d.label for d in cluster.daemons if d.needed_kill]
+    assert not [d.name for d in cluster.daemons if d.needed_kill]
 
 
 def test_client_killed_mid_round(cluster: Cluster, api_clients: list[ControlClient]) -> None:

@@ -40,7 +40,7 @@ def wait_for(
     """Poll ``probe`` until truthy; fail early, with the logs, when a daemon has died."""
     deadline = time.monotonic() + timeout
     while not (value := probe()):
-        dead = [d for d in daemons if not d.alive()]
+        dead = [d for d in daemons if not d.alive]
         if dead or time.monotonic() > deadline:
             logs = "\n".join(f"--- {d.name}\n{d.log_tail()}" for d in daemons)
             pytest.fail(
