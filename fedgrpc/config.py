@@ -74,8 +74,54 @@ class TransferLimits:
         _check(self.max_message_size >= 64 * 1024, "max_message_size", "must be at least 64 KiB")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass(frozen=True, kw_only=True)
-class ControllerConfig(TransferLimits):
+class TlsSettings:
+    """TLS for a daemon's server and its outgoing channels.
+
+    ``tls_cert``/``tls_key`` serve TLS (and are the client certificate toward peers that require
+    one); ``tls_ca`` verifies peers: the servers this daemon dials and, with
+    ``require_client_cert``, the clients that dial it (mutual TLS).
+    """
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    require_client_cert: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "tls_cert" if self.tls_key is not None else "tls_key",
+            "tls_cert and tls_key go together",
+        )
+        if self.require_client_cert:
+            _check(self.tls_ca is not None, "require_client_cert", "needs tls_ca to verify clients")
+            _check(self.tls_cert is not None, "require_client_cert", "needs tls_cert/tls_key")
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def dials_tls(self) -> bool:
+        """Outgoing channels use TLS when a CA to verify the peer is configured."""
+        return self.tls_ca is not None
+
+
+def _check_bind(host: str, tls: TlsSettings, insecure: bool) -> None:
+    """A daemon reachable from other hosts must use TLS unless told ``insecure`` on purpose."""
+    if host not in LOOPBACK_HOSTS and not tls.serves_tls and not insecure:
+        raise ConfigError(
+            "host",
+            f"binding {host} (not loopback) needs TLS (tls_cert/tls_key) or insecure=true",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerConfig(TransferLimits, TlsSettings):
     """The hub: statestore, model store, sessions and the user API."""
 
     host: str = "127.0.0.1"
@@ -88,11 +134,15 @@ class ControllerConfig(TransferLimits):
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     log_level: str = "INFO"
+    # Serve plaintext on a non-loopback address anyway (a warning is logged at start-up).
+    insecure: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TransferLimits.__post_init__(self)
+        TlsSettings.__post_init__(self)
         _check_port("port", self.port)
         _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
+        _check_bind(self.host, self, self.insecure)
         if self.mongo_uri is not None:
             _check(
                 self.mongo_uri.startswith(("mongodb://", "mongodb+srv://")),
@@ -102,7 +152,7 @@ class ControllerConfig(TransferLimits):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CombinerConfig(TransferLimits):
+class CombinerConfig(TransferLimits, TlsSettings):
     """A scale-out aggregation node between the controller and the clients."""
 
     controller: str = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
@@ -115,9 +165,12 @@ class CombinerConfig(TransferLimits):
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     log_level: str = "INFO"
+    insecure: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TransferLimits.__post_init__(self)
+        TlsSettings.__post_init__(self)
+        _check_bind(self.host, self, self.insecure)
         _check_address("controller", self.controller)
         _check_port("port", self.port)
         _check_positive("max_clients", self.max_clients)
@@ -127,7 +180,7 @@ class CombinerConfig(TransferLimits):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientConfig(TransferLimits):
+class ClientConfig(TransferLimits, TlsSettings):
     """A node at a data site that runs the user's train/validate code."""
 
     controller: str = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
@@ -141,7 +194,8 @@ class ClientConfig(TransferLimits):
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TransferLimits.__post_init__(self)
+        TlsSettings.__post_init__(self)
         _check_address("controller", self.controller)
         _check_positive("heartbeat_interval", self.heartbeat_interval)
         _check_positive("reconnect_base_delay", self.reconnect_base_delay)

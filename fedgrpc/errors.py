@@ -57,6 +57,11 @@ class Unavailable(FedgrpcError):
     """A peer or backend cannot be reached right now; retrying later may work."""
 
 
+class TlsHandshakeFailed(Unavailable):
+    """The TLS handshake with a peer failed (wrong CA, expired or wrong-host certificate, or a
+    refused client certificate). Retrying does not fix it, so callers give up at once."""
+
+
 class DataLoss(FedgrpcError):
     """Bytes were lost or corrupted on the way (checksum mismatch, truncated stream)."""
 
@@ -130,10 +135,20 @@ def error_for_status(code: grpc.StatusCode) -> type[FedgrpcError]:
     return _ERROR_BY_STATUS.get(code, FedgrpcError)
 
 
+# How gRPC words a failed TLS handshake in an UNAVAILABLE status (it has no code of its own).
+_TLS_FAILURE_MARKERS = ("handshake", "ssl_error", "certificate_verify_failed", "tlsv1_alert")
+
+
 def from_rpc_error(error: grpc.RpcError) -> FedgrpcError:
     """Turn a failed call into the typed exception for its status code, keeping the message."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    exc = error_for_status(code)(details or code.name, code=code)
+    kind = error_for_status(code)
+    if code == grpc.StatusCode.UNAVAILABLE and any(
+        marker in (details or "").lower() for marker in _TLS_FAILURE_MARKERS
+    ):
+        kind = TlsHandshakeFailed
+        details = f"TLS handshake failed (check the CA and certificates): {details}"
+    exc = kind(details or code.name, code=code)
     exc.__cause__ = error
     return exc

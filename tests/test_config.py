@@ -93,3 +93,19 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(ControllerConfig, path=listed, environ={})
+
+
+def test_tls_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        ControllerConfig(tls_cert=tmp_path / "c.pem")
+    with pytest.raises(ConfigError, match="needs tls_ca"):
+        ControllerConfig(tls_cert=tmp_path / "c", tls_key=tmp_path / "k", require_client_cert=True)
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig(host="0.0.0.0")
+    assert info.value.field == "host"
+    assert "TLS" in str(info.value)
+    assert ControllerConfig(host="0.0.0.0", insecure=True).host == "0.0.0.0"
+    served = CombinerConfig(host="10.1.2.3", tls_cert=tmp_path / "c", tls_key=tmp_path / "k")
+    assert served.serves_tls
+    assert not served.dials_tls
+    assert ClientConfig(tls_ca=tmp_path / "ca.pem").dials_tls

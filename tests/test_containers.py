@@ -22,6 +22,10 @@ def test_every_service_command_parses(name: str) -> None:
     command = COMPOSE["services"][name]["command"]
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, f"{name}: {command}: {result.output}"
+    if "start" in command and "--host" in command:  # a daemon other hosts can reach
+        host = command[command.index("--host") + 1]
+        tls_or_opt_out = "--tls-cert" in command or "--insecure" in command
+        assert host in ("127.0.0.1", "localhost") or tls_or_opt_out, f"{name} would refuse to start"
 
 
 def test_referenced_package_exists_and_controller_uses_mongo() -> None:

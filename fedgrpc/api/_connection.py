@@ -72,11 +72,21 @@ def auth_metadata(token: str | None, auth_scheme: str | None) -> tuple[tuple[str
     return (("authorization", f"{auth_scheme or DEFAULT_AUTH_SCHEME} {token}"),)
 
 
-def open_channel(target: Target, *, root_certificates: bytes | None = None) -> grpc.Channel:
+def open_channel(
+    target: Target,
+    *,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+) -> grpc.Channel:
     """A sync channel to ``target``: TLS (verified against ``root_certificates`` or gRPC's
     default roots) when ``target.secure``, plain otherwise."""
     options = [*CLIENT_KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_SIZE)]
     if target.secure:
-        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
         return grpc.secure_channel(target.address, credentials, options=options)
     return grpc.insecure_channel(target.address, options=options)

@@ -43,11 +43,18 @@ class APIClient(NetworkMethods, ModelMethods, PackageMethods, SessionMethods, Ev
         auth_scheme: str | None = None,
         *,
         root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
     ) -> None:
         self.target = parse_target(host, port, secure)
         self.host, self.port, self.secure = self.target.host, self.target.port, self.target.secure
         self.verify = verify
-        self.channel = open_channel(self.target, root_certificates=root_certificates)
+        self.channel = open_channel(
+            self.target,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
         metadata = auth_metadata(token, auth_scheme)
         self.control = ControlClientBase(self.channel, metadata=metadata)
         self._model_service = ModelClient(self.channel, metadata=metadata)

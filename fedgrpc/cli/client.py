@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fedgrpc.cli.connection import controller_options, page_options
-from fedgrpc.cli.daemon import CONFIG_OPTION, announce, run_until_signalled, setup_logging
+from fedgrpc.cli.daemon import (
+    CONFIG_OPTION,
+    announce,
+    client_tls_options,
+    run_until_signalled,
+    setup_logging,
+)
 from fedgrpc.cli.output import json_option, show_list, show_record
 from fedgrpc.config import ClientConfig, load_config
 
@@ -43,6 +49,7 @@ def client_group() -> None:
 )
 @click.option("--name", help="Unique client name (default: host plus a random suffix).")
 @click.option("--preferred-combiner", help="Combiner to prefer when it is online.")
+@client_tls_options
 @CONFIG_OPTION
 def client_start(
     config_path: Path | None,

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fedgrpc.cli.connection import controller_options, page_options
-from fedgrpc.cli.daemon import CONFIG_OPTION, announce, run_until_signalled, setup_logging
+from fedgrpc.cli.daemon import (
+    CONFIG_OPTION,
+    announce,
+    run_until_signalled,
+    server_tls_options,
+    setup_logging,
+)
 from fedgrpc.cli.output import json_option, show_list, show_record
 from fedgrpc.config import CombinerConfig, load_config
 
@@ -29,6 +35,7 @@ def combiner_group() -> None:
 @click.option("--port", type=int, help="Port to bind; 0 (default) picks a free one.")
 @click.option("--advertise-address", help="HOST:PORT clients dial (default: the bound address).")
 @click.option("--max-clients", type=int, help="Most clients this combiner accepts.")
+@server_tls_options
 @CONFIG_OPTION
 def combiner_start(config_path: Path | None, **options: Any) -> None:
     """Start a combiner and serve until SIGINT/SIGTERM."""
@@ -41,7 +48,10 @@ def combiner_start(config_path: Path | None, **options: Any) -> None:
     def ready() -> None:
         announce("combiner", name=combiner.name, address=combiner.address)
 
-    asyncio.run(run_until_signalled(combiner.start, combiner.stop, ready))
+    # The link ends for good only on a TLS failure; the daemon then exits with that error.
+    asyncio.run(
+        run_until_signalled(combiner.start, combiner.stop, ready, done=combiner.link_ended())
+    )
 
 
 COLUMNS = ("id", "name", "status", "address", "connected_clients", "max_clients", "last_seen")

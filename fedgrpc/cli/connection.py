@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -11,6 +12,7 @@ import click
 from fedgrpc.errors import Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 DEFAULT_CONTROLLER = "127.0.0.1:12080"
 
@@ -39,6 +41,10 @@ def controller_options(command: F) -> F:
                 raise Unavailable(f"cannot reach the controller at {controller}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
 
 
 def page_options(command: F) -> F:

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fedgrpc.cli.connection import controller_options
-from fedgrpc.cli.daemon import CONFIG_OPTION, announce, run_until_signalled, setup_logging
+from fedgrpc.cli.daemon import (
+    CONFIG_OPTION,
+    announce,
+    run_until_signalled,
+    server_tls_options,
+    setup_logging,
+)
 from fedgrpc.cli.output import json_option, show_record
 from fedgrpc.config import ControllerConfig, load_config
 
@@ -32,6 +38,7 @@ def controller_group() -> None:
 )
 @click.option("--mongo-uri", help="Put the statestore and models (GridFS) on MongoDB.")
 @click.option("--mongo-database", help="MongoDB database name (default fedgrpc).")
+@server_tls_options
 @CONFIG_OPTION
 def controller_start(config_path: Path | None, **options: Any) -> None:
     """Start the controller and serve until SIGINT/SIGTERM."""

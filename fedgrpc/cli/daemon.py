@@ -14,9 +14,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -24,6 +27,44 @@ CONFIG_OPTION = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML or TOML file.",
 )
+
+
+def server_tls_options(command: F) -> F:
+    """--tls-cert/--tls-key/--tls-ca/--require-client-cert/--insecure for a daemon's server."""
+    for option in reversed(
+        [
+            click.option("--tls-cert", type=_FILE, help="Serve TLS with this certificate (PEM)."),
+            click.option("--tls-key", type=_FILE, help="The certificate's private key (PEM)."),
+            click.option("--tls-ca", type=_FILE, help="CA that peers' certificates chain to."),
+            click.option(
+                "--require-client-cert",
+                is_flag=True,
+                default=None,
+                help="Mutual TLS: refuse clients without a certificate from --tls-ca.",
+            ),
+            click.option(
+                "--insecure",
+                is_flag=True,
+                default=None,
+                help="Allow plaintext on a non-loopback address (a warning is logged).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def client_tls_options(command: F) -> F:
+    """--tls-ca (TLS to the servers this daemon dials) and --tls-cert/--tls-key (mTLS)."""
+    for option in reversed(
+        [
+            click.option("--tls-ca", type=_FILE, help="Dial servers over TLS, trusting this CA."),
+            click.option("--tls-cert", type=_FILE, help="Client certificate for mutual TLS."),
+            click.option("--tls-key", type=_FILE, help="The client certificate's private key."),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 def setup_logging(level: str) -> None:

@@ -35,6 +35,7 @@ def main() -> None:
 
 
 def _register_commands() -> None:
+    from fedgrpc.cli.certs import certs_group
     from fedgrpc.cli.client import client_group
     from fedgrpc.cli.combiner import combiner_group
     from fedgrpc.cli.controller import controller_group
@@ -45,6 +46,7 @@ def _register_commands() -> None:
     from fedgrpc.cli.run import run_command
     from fedgrpc.cli.session import session_group
     from fedgrpc.cli.status import status_group
+    from fedgrpc.cli.token import token_group
     from fedgrpc.cli.validation import validation_group
 
     commands = (
@@ -59,6 +61,8 @@ def _register_commands() -> None:
         status_group,
         validation_group,
         health_command,
+        certs_group,
+        token_group,
     )
     for command in commands:
         main.add_command(command)

@@ -28,6 +28,7 @@ from fedgrpc.errors import (
     FedgrpcError,
     InvalidArgument,
     PermissionDenied,
+    TlsHandshakeFailed,
     Unauthenticated,
     from_rpc_error,
 )
@@ -36,12 +37,13 @@ from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import call, open_channel
+from fedgrpc.security.tls import channel_credentials_for
 from fedgrpc.transfer import dict_to_struct, download_model, struct_to_dict, upload_model
 
 log = logging.getLogger(__name__)
 
 # Errors no amount of retrying fixes: the client gives up and says why.
-FATAL_ERRORS = (Unauthenticated, PermissionDenied)
+FATAL_ERRORS = (Unauthenticated, PermissionDenied, TlsHandshakeFailed)
 
 
 def as_user_model(arrays: dict[str, Any]) -> Any:
@@ -119,7 +121,11 @@ class Client:
 
     async def _assign(self) -> str:
         config = self.config
-        channel = open_channel(config.controller, max_message_size=config.max_message_size)
+        channel = open_channel(
+            config.controller,
+            max_message_size=config.max_message_size,
+            credentials=channel_credentials_for(config),
+        )
         try:
             stub = network_pb2_grpc.NetworkServiceStub(channel)
             request = network_pb2.AssignCombinerRequest(
@@ -134,7 +140,11 @@ class Client:
     # --- one connection -------------------------------------------------------------------
 
     async def _serve(self, address: str) -> None:
-        channel = open_channel(address, max_message_size=self.config.max_message_size)
+        channel = open_channel(
+            address,
+            max_message_size=self.config.max_message_size,
+            credentials=channel_credentials_for(self.config),
+        )
         outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
         models = model_pb2_grpc.ModelServiceStub(channel)
         stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(self._outgoing(outbox))

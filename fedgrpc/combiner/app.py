@@ -16,7 +16,14 @@ from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.channel import open_channel
-from fedgrpc.rpc.server import RunningServer, Service, service_name, start_server
+from fedgrpc.rpc.server import (
+    RunningServer,
+    Service,
+    service_name,
+    start_server,
+    warn_if_plaintext,
+)
+from fedgrpc.security.tls import channel_credentials_for, server_credentials_for
 from fedgrpc.transfer import dict_to_struct, download_model, upload_model
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,11 @@ class Combiner:
 
     async def start(self) -> None:
         config = self.config
-        channel = open_channel(config.controller, max_message_size=config.max_message_size)
+        channel = open_channel(
+            config.controller,
+            max_message_size=config.max_message_size,
+            credentials=channel_credentials_for(config),
+        )
         self._channel = channel
         self._model_stub = model_pb2_grpc.ModelServiceStub(channel)
         # The default name includes the bound port, so the core learns its name after binding.
@@ -65,11 +76,13 @@ class Combiner:
                 name=service_name(model_pb2, "ModelService"),
             ),
         ]
+        warn_if_plaintext(config.host, config.serves_tls)
         self.server = await start_server(
             host=config.host,
             port=config.port,
             services=services,
             max_message_size=config.max_message_size,
+            credentials=server_credentials_for(config),
         )
         self.address = config.advertise_address or self.server.address
         self.name = self.name or f"combiner-{socket.gethostname()}-{self.server.port}"
@@ -108,6 +121,11 @@ class Combiner:
             self.core.start_validation(command.validation)
         elif kind == "cancel_round":
             self.core.cancel_round(command.cancel_round.round_id, command.cancel_round.reason)
+
+    async def link_ended(self) -> None:
+        """Wait until the controller link gives up for good (it raises why)."""
+        if self._link_task is not None:
+            await asyncio.shield(self._link_task)
 
     async def _fetch_model(self, model_id: str) -> CachedModel:
         received = await download_model(

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from fedgrpc.backoff import Backoff
+from fedgrpc.errors import TlsHandshakeFailed, from_rpc_error
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class ControllerLink:
                 self._on_command(command)
             return "controller closed the link"
         except grpc.aio.AioRpcError as error:
+            typed = from_rpc_error(error)
+            if isinstance(typed, TlsHandshakeFailed):
+                raise typed from error  # a wrong CA or certificate: retrying cannot fix it
             return f"{error.code().name}: {error.details()}"
         except asyncio.CancelledError:
             if not self._silenced:

@@ -22,7 +22,14 @@ from fedgrpc.modelstore import ModelStore, create_model_store
 from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
-from fedgrpc.rpc.server import RunningServer, Service, service_name, start_server
+from fedgrpc.rpc.server import (
+    RunningServer,
+    Service,
+    service_name,
+    start_server,
+    warn_if_plaintext,
+)
+from fedgrpc.security.tls import server_credentials_for
 from fedgrpc.statestore import StateStore, open_mongo_statestore, open_statestore
 
 log = logging.getLogger(__name__)
@@ -86,11 +93,13 @@ class Controller:
                 name=service_name(model_pb2, "ModelService"),
             ),
         ]
+        warn_if_plaintext(config.host, config.serves_tls)
         self.server = await start_server(
             host=config.host,
             port=config.port,
             services=services,
             max_message_size=config.max_message_size,
+            credentials=server_credentials_for(config),
         )
         self.api.address = self.server.address  # what GetClientConfig tells clients to dial
         await self.sessions.resume_interrupted()

@@ -59,6 +59,16 @@ class RunningServer:
         await self.server.stop(grace)
 
 
+def warn_if_plaintext(host: str, serves_tls: bool) -> None:
+    """Say loudly when a daemon serves plaintext to other hosts (allowed only with insecure)."""
+    if not serves_tls and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving PLAINTEXT on %s: anyone on the network can read and alter the traffic; "
+            "use --tls-cert/--tls-key (see `fedgrpc certs init`)",
+            host,
+        )
+
+
 def service_name(module: Any, service: str) -> str:
     """The full name of ``service`` in a generated ``*_pb2`` module (for reflection/health)."""
     return str(module.DESCRIPTOR.services_by_name[service].full_name)

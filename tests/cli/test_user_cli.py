@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,11 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     f"c{index}", [*args, "--entry", "tests.e2e.clients"], log_dir=logs, env=env
                 )
             )
+        with APIClient(address) as api:  # a client is "ready" before it has connected
+            deadline = time.monotonic() + 30
+            while api.get_controller_status()["clients_online"] < 2:
+                assert time.monotonic() < deadline, "clients did not connect"
+                time.sleep(0.1)
         yield address
     finally:
         for daemon in reversed(daemons):
@@ -94,8 +100,7 @@ def test_session_lifecycle_through_the_cli(controller: str, tmp_path: Path) -> N
     assert seeded["success"] is True
 
     with APIClient(controller) as api:
-        online = api.get_active_clients()
-    assert online["count"] == 2
+        assert api.get_active_clients()["count"] == 2
 
     started = run_subprocess(
         "session",
