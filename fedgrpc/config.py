@@ -162,6 +162,10 @@ class CombinerConfig(TransferLimits, TlsSettings):
     # The address clients are told to dial; defaults to host:bound-port.
     advertise_address: str | None = None
     max_clients: int = 10_000
+    # Updates received and folded at the same time. Each in-flight update costs about its
+    # size in memory, so this bounds the combiner's memory whatever the number of clients;
+    # waiting uploads are held back by gRPC flow control.
+    max_concurrent_uploads: int = 2
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     log_level: str = "INFO"
@@ -174,6 +178,7 @@ class CombinerConfig(TransferLimits, TlsSettings):
         _check_address("controller", self.controller)
         _check_port("port", self.port)
         _check_positive("max_clients", self.max_clients)
+        _check_positive("max_concurrent_uploads", self.max_concurrent_uploads)
         _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
         if self.advertise_address is not None:
             _check_address("advertise_address", self.advertise_address)

@@ -71,7 +71,11 @@ class Combiner:
                 name=service_name(combiner_pb2, "CombinerService"),
             ),
             Service(
-                servicer=CombinerModelServicer(core, chunk_size=config.chunk_size),
+                servicer=CombinerModelServicer(
+                    core,
+                    chunk_size=config.chunk_size,
+                    max_concurrent_uploads=config.max_concurrent_uploads,
+                ),
                 add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
                 name=service_name(model_pb2, "ModelService"),
             ),

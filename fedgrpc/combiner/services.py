@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -59,21 +60,29 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
 class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
     """Clients download global models here and upload their updates."""
 
-    def __init__(self, core: CombinerCore, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        core: CombinerCore,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrent_uploads: int = 2,
+    ) -> None:
         self._core = core
         self._chunk_size = chunk_size
+        self._ingest = asyncio.Semaphore(max_concurrent_uploads)
 
     async def Upload(
         self,
         request_iterator: AsyncIterator[model_pb2.ModelChunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
-        update = await receive_model(
-            request_iterator,
-            max_size=self._core.max_model_size,
-            check_header=self._core.check_upload,
-        )
-        await self._core.accept_update(update)
+        async with self._ingest:
+            update = await receive_model(
+                request_iterator,
+                max_size=self._core.max_model_size,
+                check_header=self._core.check_upload,
+            )
+            await self._core.accept_update(update)
         return model_pb2.UploadResponse(
             model_id=update.header.model_id, size=len(update.data), sha256=update.header.sha256
         )

@@ -321,3 +321,21 @@ async def test_round_waiting_for_clients_fails_at_timeout_and_stop_is_prompt(
     request = control_pb2.StopSessionRequest(session_id=waiting)
     stopped = await asyncio.wait_for(net.control.StopSession(request), 15)  # not 600 s
     assert stopped.status == "stopped"
+
+
+async def test_one_upload_at_a_time_still_folds_every_update(local_network: LocalNetwork) -> None:
+    net = local_network
+    await net.add_combiner("narrow", max_concurrent_uploads=1)
+    deltas, weights = [0.5, 1.0, 2.0], [1, 2, 4]
+    for i, (delta, weight) in enumerate(zip(deltas, weights, strict=True)):
+        await net.add_client(f"n{i}", shift_train(delta, weight))
+    await net.upload_seed([np.zeros(8, dtype=np.float32)])
+    session_id = await net.start_session(
+        rounds=1, round_timeout=20, validate=False, requested_clients=3
+    )
+    session = await net.wait_session(session_id)
+    assert session.status == "finished"
+    expected = np.average(deltas, weights=weights)
+    np.testing.assert_allclose(
+        (await net.download(session.model_id))["0"], [expected] * 8, rtol=1e-6
+    )
