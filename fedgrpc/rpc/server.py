@@ -132,7 +132,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        for kind, factory in _HANDLER_FACTORIES.items():
+        for kind, factory in HANDLER_FACTORIES.items():
             behaviour = getattr(handler, kind)
             if behaviour is not None:
                 return factory(
@@ -143,7 +143,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
 
-_HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
+# How to rebuild a method handler of each kind around a wrapped behaviour (interceptors).
+HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
     "unary_stream": grpc.unary_stream_rpc_method_handler,
     "stream_unary": grpc.stream_unary_rpc_method_handler,

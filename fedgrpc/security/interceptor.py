@@ -19,6 +19,7 @@ from urllib.parse import unquote
 import grpc
 
 from fedgrpc.errors import FedgrpcError, Unauthenticated
+from fedgrpc.rpc.server import HANDLER_FACTORIES
 from fedgrpc.security.authz import ServerKind, is_allowed, is_public
 from fedgrpc.security.bearer import bearer_token
 from fedgrpc.security.ratelimit import DEFAULT_MAX_STREAMS, FailureLimiter, StreamLimiter
@@ -30,13 +31,6 @@ from fedgrpc.security.tokens import Claims, TokenVerifier
 current_claims: ContextVar[Claims | None] = ContextVar("fedgrpc_current_claims", default=None)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
-
-_HANDLER_FACTORIES: dict[str, Callable[..., grpc.RpcMethodHandler]] = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
 
 
 def require_claims() -> Claims:
@@ -82,7 +76,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or is_public(method):
             return handler
-        for kind, factory in _HANDLER_FACTORIES.items():
+        for kind, factory in HANDLER_FACTORIES.items():
             behaviour = getattr(handler, kind)
             if behaviour is not None:
                 return factory(
