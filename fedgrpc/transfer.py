@@ -7,6 +7,7 @@ truncated, corrupted or oversized upload is refused without ever being stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,11 @@ from fedgrpc.errors import InvalidArgument
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, ChunkAssembler, iter_chunks, sha256_hex
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
+
+# Chunks and payloads from these sizes on are hashed, or joined, off the event loop: below
+# them a thread hop costs more than the work.
+_OFFLOAD_BYTES = 256 * 1024
+_OFFLOAD_JOIN_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +87,13 @@ async def upload_model(
 ) -> model_pb2.UploadResponse:
     """Upload ``data`` and return the receiver's acknowledgement (typed errors on failure)."""
 
+    if not header.sha256 and memoryview(data).nbytes >= _OFFLOAD_BYTES:
+        # Hash a large payload in a thread: the event loop keeps serving other streams.
+        hashed = model_pb2.ModelHeader()
+        hashed.CopyFrom(header)
+        hashed.sha256 = await asyncio.to_thread(sha256_hex, data)
+        header = hashed
+
     async def messages() -> AsyncIterator[model_pb2.ModelChunk]:
         for message in model_stream(data, header=header, chunk_size=chunk_size):
             yield message
@@ -119,6 +132,7 @@ async def receive_model(
     """
     header: model_pb2.ModelHeader | None = None
     assembler: ChunkAssembler | None = None
+    hashing = _HashBehind()
     async for message in messages:
         if message.HasField("header"):
             if header is not None:
@@ -134,10 +148,35 @@ async def receive_model(
         elif assembler is None:
             raise InvalidArgument("model stream must start with a header message")
         else:
-            assembler.add(message.data)
+            data = message.data
+            await hashing.then(assembler.add_deferred(data), len(data))
     if header is None or assembler is None:
         raise InvalidArgument("model stream was empty: expected a header and data chunks")
-    return ReceivedModel(header=header, data=assembler.finish())
+    await hashing.done()
+    if assembler.received < _OFFLOAD_JOIN_BYTES:
+        return ReceivedModel(header=header, data=assembler.finish())
+    # Joining the chunks is a copy of the whole payload; bytes.join drops the GIL for it.
+    return ReceivedModel(header=header, data=await asyncio.to_thread(assembler.finish))
+
+
+class _HashBehind:
+    """Hashes a stream's chunks in order, large ones in a worker thread one chunk behind the
+    network: sha256 runs without the GIL while the event loop receives the next chunk."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[None] | None = None
+
+    async def then(self, digest: Callable[[], None], size: int) -> None:
+        await self.done()
+        if size < _OFFLOAD_BYTES:
+            digest()
+        else:
+            self._pending = asyncio.get_running_loop().run_in_executor(None, digest)
+
+    async def done(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
 
 
 async def stream_stored_model(

@@ -207,6 +207,11 @@ class WeightedMeanAccumulator:
         use_input_as_scratch: bool,
     ) -> None:
         """``total += factor * array`` block by block, without a tensor-sized temporary."""
+        if factor == 1.0:
+            # x * 1.0 == x exactly (after the same cast), so an update weighted like the first
+            # one (equal num_examples, the common case) is folded by a single in-place add.
+            np.add(total, array, out=total)
+            return
         if not array.flags.c_contiguous:
             # Rare (transposed views); a flat view would be a full copy anyway.
             np.add(total, np.multiply(array, factor, dtype=total.dtype), out=total)

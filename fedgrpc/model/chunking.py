@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 from fedgrpc.errors import (
     ChecksumMismatch,
@@ -78,6 +79,7 @@ class StreamVerifier:
                 f"over the limit of {self.max_size} bytes"
             )
         self.received = 0
+        self._digested = 0
         self._hasher = hashlib.sha256()
         self._finished = False
 
@@ -88,6 +90,15 @@ class StreamVerifier:
 
     def update(self, chunk: Buffer) -> None:
         """Account for one chunk; PayloadTooLarge if it pushes the total over a limit."""
+        self.account(chunk)
+        self.digest(chunk)
+
+    def account(self, chunk: Buffer) -> None:
+        """:meth:`update`'s size checks without the hashing, which :meth:`digest` then does.
+
+        Splitting the two lets a receiver hash a chunk in a worker thread while the next one
+        arrives; every accounted chunk must be digested, in order, before :meth:`finish`.
+        """
         if self._finished:
             raise FailedPrecondition("stream was already finished; no more chunks are accepted")
         total = self.received + _nbytes(chunk)
@@ -101,13 +112,21 @@ class StreamVerifier:
                 f"stream is longer than its header announced: {total} bytes received, "
                 f"{self.expected_size} bytes announced"
             )
-        self._hasher.update(chunk)
         self.received = total
+
+    def digest(self, chunk: Buffer) -> None:
+        """Hash one accounted chunk (see :meth:`account`)."""
+        self._hasher.update(chunk)
+        self._digested += _nbytes(chunk)
 
     def finish(self) -> None:
         """Check the completed stream: TruncatedStream if short, ChecksumMismatch if corrupt."""
         if self._finished:
             raise FailedPrecondition("stream was already finished")
+        if self._digested != self.received:
+            raise FailedPrecondition(
+                f"{self.received - self._digested} accounted bytes were never digested"
+            )
         self._finished = True
         if self.expected_size is not None and self.received < self.expected_size:
             raise TruncatedStream(
@@ -159,15 +178,25 @@ class ChunkAssembler:
 
     def add(self, chunk: Buffer) -> None:
         """Append one chunk; raises PayloadTooLarge at the chunk that crosses a limit."""
-        self._verifier.update(chunk)
-        if _nbytes(chunk) < self.COALESCE_BYTES:
-            self._pending += chunk
+        self.add_deferred(chunk)()
+
+    def add_deferred(self, chunk: Buffer) -> Callable[[], None]:
+        """:meth:`add` without the hashing: returns the call that hashes the chunk.
+
+        The size checks happen now; the returned calls must run in order (possibly in another
+        thread, so hashing overlaps the network) before :meth:`finish`.
+        """
+        self._verifier.account(chunk)
+        # A bytearray or memoryview may be reused by its owner after add() returns.
+        owned = chunk if isinstance(chunk, bytes) else bytes(chunk)
+        if len(owned) < self.COALESCE_BYTES:
+            self._pending += owned
             if len(self._pending) >= self.COALESCE_BYTES:
                 self._flush_pending()
-            return
-        self._flush_pending()
-        # A bytearray or memoryview may be reused by its owner after add() returns.
-        self._parts.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        else:
+            self._flush_pending()
+            self._parts.append(owned)
+        return partial(self._verifier.digest, owned)
 
     def finish(self) -> bytes:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""

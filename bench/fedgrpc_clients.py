@@ -1,0 +1,72 @@
+"""A process running many fedgrpc clients on one event loop (``python -m bench.fedgrpc_clients``).
+
+Client ``i`` returns the model plus ``0.001 * (i + 1)`` with ``num_examples = 100``. Prints one
+JSON line once every client is connected and runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bench.workload import NUM_EXAMPLES, train_step
+from fedgrpc.client.node import Client
+from fedgrpc.config import ClientConfig
+
+Train = Callable[[Any, Mapping[str, Any]], tuple[Any, Mapping[str, Any]]]
+
+
+def make_train(index: int) -> Train:
+    def train(model: Any, settings: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any]]:
+        return train_step(model, index), {"num_examples": NUM_EXAMPLES}
+
+    return train
+
+
+async def run_clients(controller: str, first: int, count: int, heartbeat: float) -> None:
+    clients = [
+        Client(
+            train=make_train(index),
+            config=ClientConfig(
+                controller=controller, name=f"client-{index}", heartbeat_interval=heartbeat
+            ),
+        )
+        for index in range(first, first + count)
+    ]
+    runs = [asyncio.ensure_future(client.run_async()) for client in clients]
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await asyncio.gather(*(client.connected.wait() for client in clients))
+    print(json.dumps({"event": "ready", "clients": count}), flush=True)
+    await stopping.wait()
+    for client in clients:
+        client.stop()
+    await asyncio.wait(runs, timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--controller", required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=os.environ.get("BENCH_CLIENT_LOG_LEVEL", "WARNING"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run_clients(args.controller, args.first, args.count, args.heartbeat))
+
+
+if __name__ == "__main__":
+    main()
