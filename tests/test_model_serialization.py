@@ -20,6 +20,7 @@ from fedgrpc.model import (
     load_model_list,
     named_to_list,
 )
+from fedgrpc.model.serialization import model_specs
 
 ROUND_TRIP_CASES: dict[str, np.ndarray] = {
     "scalar_float32": np.array(3.5, dtype=np.float32),
@@ -304,3 +305,21 @@ def test_corrupted_bytes_raise_malformed_or_load_cleanly(steps: list[tuple[str, 
 def test_arbitrary_bytes_raise_malformed_or_load_cleanly(data: bytes) -> None:
     with contextlib.suppress(MalformedModel):
         load_model(data)
+
+
+def test_model_specs_reads_the_header_like_a_full_load() -> None:
+    arrays: dict[str, np.ndarray] = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "scalar": np.array(2.5, dtype=np.float64),
+        "empty": np.zeros((0, 5), dtype=np.int64),
+        "flags": np.array([True, False]),
+        "half": np.ones(3, dtype=np.float16),
+    }
+    data = dump_model(arrays)
+    specs = model_specs(data)
+    loaded = load_model(data)
+    assert specs == {name: (a.shape, a.dtype) for name, a in loaded.items()}
+    with pytest.raises(MalformedModel):
+        model_specs(b"not a model at all")
+    with pytest.raises(PayloadTooLarge):
+        model_specs(data, max_size=8)

@@ -12,15 +12,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
 from fedgrpc.aggregators import ArraySpec, get_aggregator
 from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
 from fedgrpc.combiner.validation import ValidationPass
 from fedgrpc.errors import FailedPrecondition, FedgrpcError
-from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.model.serialization import dump_model, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
@@ -219,11 +217,10 @@ class CombinerCore:
         return round_
 
     async def _reference_specs(self, model_id: str) -> dict[str, ArraySpec]:
+        """Names, shapes and dtypes updates must match, read from the model's header only."""
         cached = await self.models.get(model_id)
-        arrays: dict[str, np.ndarray] = await asyncio.to_thread(
-            load_model, cached.data, max_size=self.max_model_size
-        )
-        return {name: ArraySpec.of(array) for name, array in arrays.items()}
+        specs = model_specs(cached.data, max_size=self.max_model_size)
+        return {name: ArraySpec(shape, dtype) for name, (shape, dtype) in specs.items()}
 
     def _cancel_pending(self, round_: TrainingRound) -> None:
         for task_id, client_name in round_.pending_tasks():

@@ -21,7 +21,9 @@ Fetch = Callable[[str], Awaitable[CachedModel]]
 class ModelCache:
     """Keeps the last few models; concurrent requests for one id share a single download."""
 
-    def __init__(self, fetch: Fetch, *, keep: int = 2) -> None:
+    # One model: a round's global model is also what the next round's clients download, so an
+    # older one is never asked for again (each cached model costs its full size in memory).
+    def __init__(self, fetch: Fetch, *, keep: int = 1) -> None:
         self._fetch = fetch
         self._keep = keep
         self._models: OrderedDict[str, asyncio.Task[CachedModel]] = OrderedDict()

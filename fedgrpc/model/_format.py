@@ -103,6 +103,14 @@ def decode(data: memoryview) -> dict[str, np.ndarray] | None:
 _Tensor = tuple[str, np.dtype[Any], int, int, tuple[int, ...]]
 
 
+def parse_header(data: memoryview) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]] | None:
+    """Name, dtype and shape of every tensor, from the header alone; None if not plain."""
+    tensors = _parse(data)
+    if tensors is None:
+        return None
+    return [(name, dtype, shape) for name, dtype, _, _, shape in tensors]
+
+
 def _parse(data: memoryview) -> list[_Tensor] | None:
     size = data.nbytes
     if size < 8:

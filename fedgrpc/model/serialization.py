@@ -7,6 +7,7 @@ helpers, Keras ``get_weights()``) use the names ``"0"``..``"n-1"``; the ``*_list
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
@@ -76,6 +77,23 @@ def load_model(data: ModelBytes, *, max_size: int | None = None) -> dict[str, np
     except ValueError as exc:
         raise MalformedModel(f"model header describes an impossible array: {exc}") from exc
     return {name: _owned_array(name, array) for name, array in loaded.items()}
+
+
+def model_specs(
+    data: ModelBytes, *, max_size: int | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Each tensor's shape and dtype, read from the header without copying any tensor data.
+
+    A combiner needs only these of the global model to check updates against it. Anything the
+    fast header reader does not accept goes through :func:`load_model`, so malformed bytes
+    raise the same errors.
+    """
+    tensors = None
+    if max_size is None or memoryview(data).nbytes <= max_size:
+        tensors = _format.parse_header(memoryview(data))
+    if tensors is None:
+        return {n: (a.shape, a.dtype) for n, a in load_model(data, max_size=max_size).items()}
+    return {name: (shape, dtype) for name, dtype, shape in tensors}
 
 
 def load_model_list(data: ModelBytes, *, max_size: int | None = None) -> list[np.ndarray]:
