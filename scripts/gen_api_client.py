@@ -27,8 +27,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
+import _devenv  # type: ignore[import-not-found]  # a sibling; checked as scripts._devenv
+
+_devenv.ensure(["grpc_tools", "google.protobuf"])
+
+from google.protobuf import descriptor_pb2  # noqa: E402 - imported once the tools are present
+from grpc_tools import protoc  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = "protos"

@@ -24,7 +24,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from grpc_tools import protoc
+import _devenv  # type: ignore[import-not-found]  # a sibling; checked as scripts._devenv
+
+_devenv.ensure(["grpc_tools", "google.protobuf"])
+
+from grpc_tools import protoc  # noqa: E402 - imported once the dev tools are known present
 
 PROTO_DIR = "protos"
 # The one proto package root we generate; its subtree maps onto GENERATED_PACKAGE.
