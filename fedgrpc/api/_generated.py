@@ -1097,3 +1097,237 @@ class ControlClientBase(RpcClient):
             timeout=timeout,
             metadata=metadata,
         )
+
+    def start_analysis(
+        self,
+        *,
+        analysis_id: str = "",
+        project_id: str = "",
+        entrypoint: str = "",
+        package_id: str = "",
+        nodes: Sequence[str] = (),
+        aggregator: str = "",
+        settings: Mapping[str, Any] | struct_pb2.Struct | None = None,
+        timeout_seconds: float = 0.0,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.Analysis:
+        """Start a federated analysis (FLAME): run an entry point on the chosen nodes, one of them
+        the aggregator. INVALID_ARGUMENT for a bad request (no nodes, aggregator not among them,
+        a bad entry point); NOT_FOUND for an unknown node or package; FAILED_PRECONDITION when a
+        node is not connected; ALREADY_EXISTS when an analysis with that id exists.
+
+        Args:
+            analysis_id: Analysis id; generated when empty.
+            project_id: Project the analysis belongs to (local tags are shared between analyses of a
+                project).
+            entrypoint: "module:function" importable on every node, or, with package_id set, the
+                name of an entry point in that compute package's fedgrpc.yaml (default "analysis").
+            package_id: A compute package id, or "active" for the active package; empty = no
+                package.
+            nodes: The nodes (client names) that run the analysis, the aggregator included.
+            aggregator: The node with the role aggregator; the others get the role default.
+            settings: Passed to the analysis (FEDGRPC_ANALYSIS_SETTINGS, JSON).
+            timeout_seconds: Seconds the analysis may run before it is stopped as failed; 0 = no
+                limit.
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``Analysis`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.StartAnalysisRequest(
+            analysis_id=analysis_id,
+            project_id=project_id,
+            entrypoint=entrypoint,
+            package_id=package_id,
+            nodes=nodes,
+            aggregator=aggregator,
+            settings=as_struct(settings),
+            timeout_seconds=timeout_seconds,
+        )
+        return self._unary_unary(
+            self._stub.StartAnalysis,
+            request,
+            control_pb2.Analysis,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def get_analysis(
+        self,
+        *,
+        analysis_id: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.Analysis:
+        """One analysis with the status and progress of each node.
+
+        Args:
+            analysis_id: The request's ``analysis_id`` (string).
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``Analysis`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.GetAnalysisRequest(
+            analysis_id=analysis_id,
+        )
+        return self._unary_unary(
+            self._stub.GetAnalysis,
+            request,
+            control_pb2.Analysis,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def list_analyses(
+        self,
+        *,
+        page: common_pb2.PageRequest | Mapping[str, Any] | None = None,
+        project_id: str | None = None,
+        status: str | None = None,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.ListAnalysesResponse:
+        """Analyses, newest first by default.
+
+        Args:
+            page: Which slice of a listing to return, and in what order (a ``PageRequest`` or a
+                dict).
+            project_id: The request's ``project_id`` (string); None leaves it unset.
+            status: The request's ``status`` (string); None leaves it unset.
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``ListAnalysesResponse`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.ListAnalysesRequest(
+            page=as_message(common_pb2.PageRequest, page),
+            project_id=project_id,
+            status=status,
+        )
+        return self._unary_unary(
+            self._stub.ListAnalyses,
+            request,
+            control_pb2.ListAnalysesResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def stop_analysis(
+        self,
+        *,
+        analysis_id: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.Analysis:
+        """Stop a running analysis on every node; it ends as stopped. FAILED_PRECONDITION when it
+        has ended already.
+
+        Args:
+            analysis_id: The request's ``analysis_id`` (string).
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``Analysis`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.StopAnalysisRequest(
+            analysis_id=analysis_id,
+        )
+        return self._unary_unary(
+            self._stub.StopAnalysis,
+            request,
+            control_pb2.Analysis,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def get_analysis_logs(
+        self,
+        *,
+        analysis_id: str = "",
+        node_id: str = "",
+        log_type: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.GetAnalysisLogsResponse:
+        """The log lines the nodes of an analysis sent (flame_log), oldest first.
+
+        Args:
+            analysis_id: The request's ``analysis_id`` (string).
+            node_id: Only this node's lines (empty = all).
+            log_type: Only lines of this type (empty = all).
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``GetAnalysisLogsResponse`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.GetAnalysisLogsRequest(
+            analysis_id=analysis_id,
+            node_id=node_id,
+            log_type=log_type,
+        )
+        return self._unary_unary(
+            self._stub.GetAnalysisLogs,
+            request,
+            control_pb2.GetAnalysisLogsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def download_analysis_result(
+        self,
+        *,
+        analysis_id: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.AnalysisResult:
+        """The final result the aggregator submitted. NOT_FOUND when there is none (yet).
+
+        Args:
+            analysis_id: The request's ``analysis_id`` (string).
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``AnalysisResult`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.DownloadAnalysisResultRequest(
+            analysis_id=analysis_id,
+        )
+        return self._unary_unary(
+            self._stub.DownloadAnalysisResult,
+            request,
+            control_pb2.AnalysisResult,
+            timeout=timeout,
+            metadata=metadata,
+        )

@@ -36,6 +36,7 @@ _CONTROL = "fedgrpc.control.v1.ControlService"
 _NETWORK = "fedgrpc.network.v1.NetworkService"
 _MODEL = "fedgrpc.model.v1.ModelService"
 _COMBINER = "fedgrpc.combiner.v1.CombinerService"
+_STORAGE = "fedgrpc.messaging.v1.StorageService"
 
 _NOBODY: frozenset[Role] = frozenset()  # admin only
 _USER = frozenset({Role.USER})
@@ -79,6 +80,12 @@ _CONTROLLER_TABLE: dict[str, frozenset[Role]] = {
         "GetActivePackage",
         "GetPackage",
         "ListPackages",
+        "StartAnalysis",
+        "GetAnalysis",
+        "ListAnalyses",
+        "StopAnalysis",
+        "GetAnalysisLogs",
+        "DownloadAnalysisResult",
     ),
     # Clients fetch their configuration and the compute package they run.
     **_rows(_CONTROL, _USER | _CLIENT, "GetClientConfig", "DownloadPackage"),
@@ -86,6 +93,9 @@ _CONTROLLER_TABLE: dict[str, frozenset[Role]] = {
     **_rows(_NETWORK, _CLIENT, "AssignCombiner"),
     # Users upload seed models and download results; combiners fetch globals, send partials.
     **_rows(_MODEL, _USER | _COMBINER_ROLE, "Upload", "Download"),
+    # Analysis nodes keep global intermediate data and submit final results; the servicer
+    # checks that the caller is a node of that analysis (and its aggregator for results).
+    **_rows(_STORAGE, _CLIENT, "PutObject", "GetObject", "ListObjects", "SubmitResult"),
 }
 
 _COMBINER_TABLE: dict[str, frozenset[Role]] = {

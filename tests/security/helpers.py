@@ -44,6 +44,7 @@ MOUNTED = {
         "fedgrpc.control.v1.ControlService",
         "fedgrpc.network.v1.NetworkService",
         "fedgrpc.model.v1.ModelService",
+        "fedgrpc.messaging.v1.StorageService",
     ),
     ServerKind.COMBINER: ("fedgrpc.combiner.v1.CombinerService", "fedgrpc.model.v1.ModelService"),
 }

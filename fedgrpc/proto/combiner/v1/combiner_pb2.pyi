@@ -7,6 +7,7 @@ the same combiner (download the global model, upload the update tagged with the 
 """
 
 from collections import abc as _abc
+from fedgrpc.proto.messaging.v1 import messaging_pb2 as _messaging_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -32,6 +33,9 @@ class ClientMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TASK_FAILED_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    ANALYSIS_UPDATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___ClientHello: ...
     @_builtins.property
@@ -40,6 +44,17 @@ class ClientMessage(_message.Message):
     def task_failed(self) -> Global___TaskFailed: ...
     @_builtins.property
     def validation(self) -> Global___ValidationResult: ...
+    @_builtins.property
+    def message(self) -> _messaging_pb2.Envelope:
+        """Analyses (FLAME): a message to another node, the acknowledgement of one received, and
+        this node's status, progress and logs. The combiner stamps sender/recipient/node_id
+        with the stream's client name.
+        """
+
+    @_builtins.property
+    def ack(self) -> _messaging_pb2.Ack: ...
+    @_builtins.property
+    def analysis_update(self) -> _messaging_pb2.AnalysisUpdate: ...
     def __init__(
         self,
         *,
@@ -47,12 +62,15 @@ class ClientMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         task_failed: Global___TaskFailed | None = ...,
         validation: Global___ValidationResult | None = ...,
+        message: _messaging_pb2.Envelope | None = ...,
+        ack: _messaging_pb2.Ack | None = ...,
+        analysis_update: _messaging_pb2.AnalysisUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "task_failed", b"task_failed", "validation", b"validation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "analysis_update", b"analysis_update", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "message", b"message", "task_failed", b"task_failed", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "task_failed", b"task_failed", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "analysis_update", b"analysis_update", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "message", b"message", "task_failed", b"task_failed", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_failed", "validation"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_failed", "validation", "message", "ack", "analysis_update"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -65,10 +83,15 @@ class ClientHello(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique client name."""
     version: _builtins.str
     """fedgrpc version of the client."""
+    public_key: _builtins.bytes
+    """The node's X25519 public key (32 bytes) for sealed analysis data; generated on the node
+    at first start, the private key never leaves it.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Free-form labels (site, hardware) shown in the client list."""
@@ -79,10 +102,11 @@ class ClientHello(_message.Message):
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "public_key", b"public_key", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,6 +194,10 @@ class ServerMessage(_message.Message):
     TRAIN_FIELD_NUMBER: _builtins.int
     VALIDATE_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    START_ANALYSIS_FIELD_NUMBER: _builtins.int
+    STOP_ANALYSIS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -180,6 +208,16 @@ class ServerMessage(_message.Message):
     def validate(self) -> Global___ValidateTask: ...
     @_builtins.property
     def cancel(self) -> Global___CancelTask: ...
+    @_builtins.property
+    def message(self) -> _messaging_pb2.Envelope:
+        """Analyses (FLAME): a message for this node, a receipt for one it sent, start and stop."""
+
+    @_builtins.property
+    def receipt(self) -> _messaging_pb2.Receipt: ...
+    @_builtins.property
+    def start_analysis(self) -> _messaging_pb2.AnalysisTask: ...
+    @_builtins.property
+    def stop_analysis(self) -> _messaging_pb2.StopAnalysis: ...
     def __init__(
         self,
         *,
@@ -188,12 +226,16 @@ class ServerMessage(_message.Message):
         train: Global___TrainTask | None = ...,
         validate: Global___ValidateTask | None = ...,
         cancel: Global___CancelTask | None = ...,
+        message: _messaging_pb2.Envelope | None = ...,
+        receipt: _messaging_pb2.Receipt | None = ...,
+        start_analysis: _messaging_pb2.AnalysisTask | None = ...,
+        stop_analysis: _messaging_pb2.StopAnalysis | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "kind", b"kind", "train", b"train", "validate", b"validate", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "receipt", b"receipt", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "train", b"train", "validate", b"validate", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "kind", b"kind", "train", b"train", "validate", b"validate", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "receipt", b"receipt", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "train", b"train", "validate", b"validate", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "heartbeat", "train", "validate", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "heartbeat", "train", "validate", "cancel", "message", "receipt", "start_analysis", "stop_analysis"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -11,6 +11,7 @@ negative limit or skip, or a sort key the list does not support.
 
 from collections import abc as _abc
 from fedgrpc.proto.common.v1 import common_pb2 as _common_pb2
+from fedgrpc.proto.messaging.v1 import messaging_pb2 as _messaging_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -1746,3 +1747,344 @@ class ListValidationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListValidationsResponse: _TypeAlias = ListValidationsResponse  # noqa: Y015
+
+@_typing.final
+class StartAnalysisRequest(_message.Message):
+    """--- analyses (FLAME) ------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    PACKAGE_ID_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    """Analysis id; generated when empty."""
+    project_id: _builtins.str
+    """Project the analysis belongs to (local tags are shared between analyses of a project)."""
+    entrypoint: _builtins.str
+    """"module:function" importable on every node, or, with package_id set, the name of an
+    entry point in that compute package's fedgrpc.yaml (default "analysis").
+    """
+    package_id: _builtins.str
+    """A compute package id, or "active" for the active package; empty = no package."""
+    aggregator: _builtins.str
+    """The node with the role aggregator; the others get the role default."""
+    timeout_seconds: _builtins.float
+    """Seconds the analysis may run before it is stopped as failed; 0 = no limit."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes (client names) that run the analysis, the aggregator included."""
+
+    @_builtins.property
+    def settings(self) -> _struct_pb2.Struct:
+        """Passed to the analysis (FEDGRPC_ANALYSIS_SETTINGS, JSON)."""
+
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        entrypoint: _builtins.str = ...,
+        package_id: _builtins.str = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        aggregator: _builtins.str = ...,
+        settings: _struct_pb2.Struct | None = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "analysis_id", b"analysis_id", "entrypoint", b"entrypoint", "nodes", b"nodes", "package_id", b"package_id", "project_id", b"project_id", "settings", b"settings", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartAnalysisRequest: _TypeAlias = StartAnalysisRequest  # noqa: Y015
+
+@_typing.final
+class AnalysisNode(_message.Message):
+    """One node's part of an analysis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    role: _builtins.str
+    """aggregator or default."""
+    status: _builtins.str
+    """starting, started, executing, executed, failed or stopped."""
+    progress: _builtins.int
+    """0-100."""
+    message: _builtins.str
+    """Why the node failed or stopped, when it did."""
+    updated_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        status: _builtins.str = ...,
+        progress: _builtins.int = ...,
+        message: _builtins.str = ...,
+        updated_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "node_id", b"node_id", "progress", b"progress", "role", b"role", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalysisNode: _TypeAlias = AnalysisNode  # noqa: Y015
+
+@_typing.final
+class Analysis(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    PACKAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    RESULT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    project_id: _builtins.str
+    entrypoint: _builtins.str
+    package_id: _builtins.str
+    status: _builtins.str
+    """starting, started, executing, executed, failed or stopped."""
+    result_id: _builtins.str
+    """Id of the final result, once the aggregator submitted one."""
+    message: _builtins.str
+    """Why the analysis failed or stopped, when it did."""
+    created_at: _builtins.str
+    updated_at: _builtins.str
+    finished_at: _builtins.str
+    timeout_seconds: _builtins.float
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnalysisNode]: ...
+    @_builtins.property
+    def settings(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        entrypoint: _builtins.str = ...,
+        package_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___AnalysisNode] | None = ...,
+        result_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        updated_at: _builtins.str = ...,
+        finished_at: _builtins.str = ...,
+        settings: _struct_pb2.Struct | None = ...,
+        timeout_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "created_at", b"created_at", "entrypoint", b"entrypoint", "finished_at", b"finished_at", "message", b"message", "nodes", b"nodes", "package_id", b"package_id", "project_id", b"project_id", "result_id", b"result_id", "settings", b"settings", "status", b"status", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Analysis: _TypeAlias = Analysis  # noqa: Y015
+
+@_typing.final
+class GetAnalysisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnalysisRequest: _TypeAlias = GetAnalysisRequest  # noqa: Y015
+
+@_typing.final
+class ListAnalysesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    status: _builtins.str
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        page: _common_pb2.PageRequest | None = ...,
+        project_id: _builtins.str | None = ...,
+        status: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_project_id", b"_project_id", "_status", b"_status", "page", b"page", "project_id", b"project_id", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_project_id", b"_project_id", "_status", b"_status", "page", b"page", "project_id", b"project_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__project_id: _TypeAlias = _typing.Literal["project_id"]  # noqa: Y015
+    _WhichOneofArgType__project_id: _TypeAlias = _typing.Literal["_project_id", b"_project_id"]  # noqa: Y015
+    _WhichOneofReturnType__status: _TypeAlias = _typing.Literal["status"]  # noqa: Y015
+    _WhichOneofArgType__status: _TypeAlias = _typing.Literal["_status", b"_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__project_id) -> _WhichOneofReturnType__project_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__status) -> _WhichOneofReturnType__status | None: ...
+
+Global___ListAnalysesRequest: _TypeAlias = ListAnalysesRequest  # noqa: Y015
+
+@_typing.final
+class ListAnalysesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def result(self) -> _containers.RepeatedCompositeFieldContainer[Global___Analysis]: ...
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        result: _abc.Iterable[Global___Analysis] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAnalysesResponse: _TypeAlias = ListAnalysesResponse  # noqa: Y015
+
+@_typing.final
+class StopAnalysisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopAnalysisRequest: _TypeAlias = StopAnalysisRequest  # noqa: Y015
+
+@_typing.final
+class GetAnalysisLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LOG_TYPE_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    node_id: _builtins.str
+    """Only this node's lines (empty = all)."""
+    log_type: _builtins.str
+    """Only lines of this type (empty = all)."""
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        log_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "log_type", b"log_type", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnalysisLogsRequest: _TypeAlias = GetAnalysisLogsRequest  # noqa: Y015
+
+@_typing.final
+class GetAnalysisLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def logs(self) -> _containers.RepeatedCompositeFieldContainer[_messaging_pb2.LogEntry]: ...
+    def __init__(
+        self,
+        *,
+        logs: _abc.Iterable[_messaging_pb2.LogEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnalysisLogsResponse: _TypeAlias = GetAnalysisLogsResponse  # noqa: Y015
+
+@_typing.final
+class DownloadAnalysisResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadAnalysisResultRequest: _TypeAlias = DownloadAnalysisResultRequest  # noqa: Y015
+
+@_typing.final
+class AnalysisResult(_message.Message):
+    """The final result: its record and its bytes (decode per info.content_type)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def info(self) -> _messaging_pb2.StoredObject: ...
+    def __init__(
+        self,
+        *,
+        info: _messaging_pb2.StoredObject | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalysisResult: _TypeAlias = AnalysisResult  # noqa: Y015

@@ -179,6 +179,36 @@ class ControlServiceStub:
                 request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.SerializeToString,
                 response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.FromString,
                 _registered_method=True)
+        self.StartAnalysis = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/StartAnalysis',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.StartAnalysisRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+                _registered_method=True)
+        self.GetAnalysis = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/GetAnalysis',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+                _registered_method=True)
+        self.ListAnalyses = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/ListAnalyses',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesResponse.FromString,
+                _registered_method=True)
+        self.StopAnalysis = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/StopAnalysis',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.StopAnalysisRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+                _registered_method=True)
+        self.GetAnalysisLogs = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/GetAnalysisLogs',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsResponse.FromString,
+                _registered_method=True)
+        self.DownloadAnalysisResult = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/DownloadAnalysisResult',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -394,6 +424,52 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartAnalysis(self, request, context):
+        """Start a federated analysis (FLAME): run an entry point on the chosen nodes, one of them
+        the aggregator. INVALID_ARGUMENT for a bad request (no nodes, aggregator not among them,
+        a bad entry point); NOT_FOUND for an unknown node or package; FAILED_PRECONDITION when a
+        node is not connected; ALREADY_EXISTS when an analysis with that id exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnalysis(self, request, context):
+        """One analysis with the status and progress of each node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAnalyses(self, request, context):
+        """Analyses, newest first by default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopAnalysis(self, request, context):
+        """Stop a running analysis on every node; it ends as stopped. FAILED_PRECONDITION when it
+        has ended already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnalysisLogs(self, request, context):
+        """The log lines the nodes of an analysis sent (flame_log), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadAnalysisResult(self, request, context):
+        """The final result the aggregator submitted. NOT_FOUND when there is none (yet).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -541,6 +617,36 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetClientConfig,
                     request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.FromString,
                     response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.SerializeToString,
+            ),
+            'StartAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartAnalysis,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.StartAnalysisRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.SerializeToString,
+            ),
+            'GetAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnalysis,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.SerializeToString,
+            ),
+            'ListAnalyses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnalyses,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesResponse.SerializeToString,
+            ),
+            'StopAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopAnalysis,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.StopAnalysisRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.SerializeToString,
+            ),
+            'GetAnalysisLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnalysisLogs,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsResponse.SerializeToString,
+            ),
+            'DownloadAnalysisResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.DownloadAnalysisResult,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1326,6 +1432,168 @@ class ControlService:
             '/fedgrpc.control.v1.ControlService/GetClientConfig',
             fedgrpc_dot_control_dot_v1_dot_control__pb2.GetClientConfigRequest.SerializeToString,
             fedgrpc_dot_control_dot_v1_dot_control__pb2.ClientConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/StartAnalysis',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.StartAnalysisRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/GetAnalysis',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnalyses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/ListAnalyses',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.ListAnalysesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/StopAnalysis',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.StopAnalysisRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.Analysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnalysisLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/GetAnalysisLogs',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.GetAnalysisLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadAnalysisResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/DownloadAnalysisResult',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.FromString,
             options,
             channel_credentials,
             insecure,

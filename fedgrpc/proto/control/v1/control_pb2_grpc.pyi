@@ -106,6 +106,24 @@ class ControlServiceStub:
     """A package's bytes (the active one when id is empty): header first, then data."""
     GetClientConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClientConfigRequest, _control_pb2.ClientConfig]
     """What a client needs to join: the package checksum and helper."""
+    StartAnalysis: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartAnalysisRequest, _control_pb2.Analysis]
+    """Start a federated analysis (FLAME): run an entry point on the chosen nodes, one of them
+    the aggregator. INVALID_ARGUMENT for a bad request (no nodes, aggregator not among them,
+    a bad entry point); NOT_FOUND for an unknown node or package; FAILED_PRECONDITION when a
+    node is not connected; ALREADY_EXISTS when an analysis with that id exists.
+    """
+    GetAnalysis: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetAnalysisRequest, _control_pb2.Analysis]
+    """One analysis with the status and progress of each node."""
+    ListAnalyses: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListAnalysesRequest, _control_pb2.ListAnalysesResponse]
+    """Analyses, newest first by default."""
+    StopAnalysis: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopAnalysisRequest, _control_pb2.Analysis]
+    """Stop a running analysis on every node; it ends as stopped. FAILED_PRECONDITION when it
+    has ended already.
+    """
+    GetAnalysisLogs: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetAnalysisLogsRequest, _control_pb2.GetAnalysisLogsResponse]
+    """The log lines the nodes of an analysis sent (flame_log), oldest first."""
+    DownloadAnalysisResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.DownloadAnalysisResultRequest, _control_pb2.AnalysisResult]
+    """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -179,6 +197,24 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """A package's bytes (the active one when id is empty): header first, then data."""
     GetClientConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClientConfigRequest, _control_pb2.ClientConfig]  # type: ignore[assignment]
     """What a client needs to join: the package checksum and helper."""
+    StartAnalysis: _aio.UnaryUnaryMultiCallable[_control_pb2.StartAnalysisRequest, _control_pb2.Analysis]  # type: ignore[assignment]
+    """Start a federated analysis (FLAME): run an entry point on the chosen nodes, one of them
+    the aggregator. INVALID_ARGUMENT for a bad request (no nodes, aggregator not among them,
+    a bad entry point); NOT_FOUND for an unknown node or package; FAILED_PRECONDITION when a
+    node is not connected; ALREADY_EXISTS when an analysis with that id exists.
+    """
+    GetAnalysis: _aio.UnaryUnaryMultiCallable[_control_pb2.GetAnalysisRequest, _control_pb2.Analysis]  # type: ignore[assignment]
+    """One analysis with the status and progress of each node."""
+    ListAnalyses: _aio.UnaryUnaryMultiCallable[_control_pb2.ListAnalysesRequest, _control_pb2.ListAnalysesResponse]  # type: ignore[assignment]
+    """Analyses, newest first by default."""
+    StopAnalysis: _aio.UnaryUnaryMultiCallable[_control_pb2.StopAnalysisRequest, _control_pb2.Analysis]  # type: ignore[assignment]
+    """Stop a running analysis on every node; it ends as stopped. FAILED_PRECONDITION when it
+    has ended already.
+    """
+    GetAnalysisLogs: _aio.UnaryUnaryMultiCallable[_control_pb2.GetAnalysisLogsRequest, _control_pb2.GetAnalysisLogsResponse]  # type: ignore[assignment]
+    """The log lines the nodes of an analysis sent (flame_log), oldest first."""
+    DownloadAnalysisResult: _aio.UnaryUnaryMultiCallable[_control_pb2.DownloadAnalysisResultRequest, _control_pb2.AnalysisResult]  # type: ignore[assignment]
+    """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -423,5 +459,59 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ClientConfig, _abc.Awaitable[_control_pb2.ClientConfig]]:
         """What a client needs to join: the package checksum and helper."""
+
+    @_abc_1.abstractmethod
+    def StartAnalysis(
+        self,
+        request: _control_pb2.StartAnalysisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Analysis, _abc.Awaitable[_control_pb2.Analysis]]:
+        """Start a federated analysis (FLAME): run an entry point on the chosen nodes, one of them
+        the aggregator. INVALID_ARGUMENT for a bad request (no nodes, aggregator not among them,
+        a bad entry point); NOT_FOUND for an unknown node or package; FAILED_PRECONDITION when a
+        node is not connected; ALREADY_EXISTS when an analysis with that id exists.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAnalysis(
+        self,
+        request: _control_pb2.GetAnalysisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Analysis, _abc.Awaitable[_control_pb2.Analysis]]:
+        """One analysis with the status and progress of each node."""
+
+    @_abc_1.abstractmethod
+    def ListAnalyses(
+        self,
+        request: _control_pb2.ListAnalysesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListAnalysesResponse, _abc.Awaitable[_control_pb2.ListAnalysesResponse]]:
+        """Analyses, newest first by default."""
+
+    @_abc_1.abstractmethod
+    def StopAnalysis(
+        self,
+        request: _control_pb2.StopAnalysisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.Analysis, _abc.Awaitable[_control_pb2.Analysis]]:
+        """Stop a running analysis on every node; it ends as stopped. FAILED_PRECONDITION when it
+        has ended already.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAnalysisLogs(
+        self,
+        request: _control_pb2.GetAnalysisLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetAnalysisLogsResponse, _abc.Awaitable[_control_pb2.GetAnalysisLogsResponse]]:
+        """The log lines the nodes of an analysis sent (flame_log), oldest first."""
+
+    @_abc_1.abstractmethod
+    def DownloadAnalysisResult(
+        self,
+        request: _control_pb2.DownloadAnalysisResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AnalysisResult, _abc.Awaitable[_control_pb2.AnalysisResult]]:
+        """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

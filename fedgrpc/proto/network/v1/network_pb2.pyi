@@ -9,6 +9,7 @@ they move through fedgrpc.model.v1.ModelService.
 """
 
 from collections import abc as _abc
+from fedgrpc.proto.messaging.v1 import messaging_pb2 as _messaging_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -41,6 +42,9 @@ class CombinerReport(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
     VALIDATION_DONE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    ANALYSIS_UPDATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterCombiner: ...
     @_builtins.property
@@ -55,6 +59,16 @@ class CombinerReport(_message.Message):
     def validation(self) -> Global___ValidationReport: ...
     @_builtins.property
     def validation_done(self) -> Global___ValidationDone: ...
+    @_builtins.property
+    def message(self) -> _messaging_pb2.Envelope:
+        """Analyses (FLAME), forwarded from the combiner's clients as they are (with the sender
+        stamped by the combiner).
+        """
+
+    @_builtins.property
+    def ack(self) -> _messaging_pb2.Ack: ...
+    @_builtins.property
+    def analysis_update(self) -> _messaging_pb2.AnalysisUpdate: ...
     def __init__(
         self,
         *,
@@ -65,12 +79,15 @@ class CombinerReport(_message.Message):
         status: Global___StatusEvent | None = ...,
         validation: Global___ValidationReport | None = ...,
         validation_done: Global___ValidationDone | None = ...,
+        message: _messaging_pb2.Envelope | None = ...,
+        ack: _messaging_pb2.Ack | None = ...,
+        analysis_update: _messaging_pb2.AnalysisUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_event", b"client_event", "heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "round_result", b"round_result", "status", b"status", "validation", b"validation", "validation_done", b"validation_done"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "analysis_update", b"analysis_update", "client_event", b"client_event", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "register", b"register", "round_result", b"round_result", "status", b"status", "validation", b"validation", "validation_done", b"validation_done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_event", b"client_event", "heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "round_result", b"round_result", "status", b"status", "validation", b"validation", "validation_done", b"validation_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "analysis_update", b"analysis_update", "client_event", b"client_event", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "register", b"register", "round_result", b"round_result", "status", b"status", "validation", b"validation", "validation_done", b"validation_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "client_event", "round_result", "status", "validation", "validation_done"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "client_event", "round_result", "status", "validation", "validation_done", "message", "ack", "analysis_update"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -120,19 +137,23 @@ class ConnectedClient(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Client name (unique in the network)."""
     ip: _builtins.str
     """Peer address as the combiner sees it."""
+    public_key: _builtins.bytes
+    """The client's X25519 public key from its hello (may be empty)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         ip: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "name", b"name", "public_key", b"public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +447,10 @@ class ControllerCommand(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
     CANCEL_ROUND_FIELD_NUMBER: _builtins.int
+    DELIVER_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    START_ANALYSIS_FIELD_NUMBER: _builtins.int
+    STOP_ANALYSIS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___CombinerRegistered: ...
     @_builtins.property
@@ -436,6 +461,19 @@ class ControllerCommand(_message.Message):
     def validation(self) -> Global___ValidationAssignment: ...
     @_builtins.property
     def cancel_round(self) -> Global___CancelRound: ...
+    @_builtins.property
+    def deliver(self) -> _messaging_pb2.Envelope:
+        """Analyses (FLAME): the combiner routes each to the client it names (envelope.recipient,
+        receipt.sender, task.node_id, stop.node_id); one whose client is not connected is
+        dropped, the controller delivers it again when the client reconnects.
+        """
+
+    @_builtins.property
+    def receipt(self) -> _messaging_pb2.Receipt: ...
+    @_builtins.property
+    def start_analysis(self) -> _messaging_pb2.AnalysisTask: ...
+    @_builtins.property
+    def stop_analysis(self) -> _messaging_pb2.StopAnalysis: ...
     def __init__(
         self,
         *,
@@ -444,12 +482,16 @@ class ControllerCommand(_message.Message):
         round: Global___RoundAssignment | None = ...,
         validation: Global___ValidationAssignment | None = ...,
         cancel_round: Global___CancelRound | None = ...,
+        deliver: _messaging_pb2.Envelope | None = ...,
+        receipt: _messaging_pb2.Receipt | None = ...,
+        start_analysis: _messaging_pb2.AnalysisTask | None = ...,
+        stop_analysis: _messaging_pb2.StopAnalysis | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "heartbeat", b"heartbeat", "kind", b"kind", "registered", b"registered", "round", b"round", "validation", b"validation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "heartbeat", b"heartbeat", "kind", b"kind", "registered", b"registered", "round", b"round", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "heartbeat", "round", "validation", "cancel_round"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "heartbeat", "round", "validation", "cancel_round", "deliver", "receipt", "start_analysis", "stop_analysis"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
