@@ -125,6 +125,7 @@ class Client:
             config.controller,
             max_message_size=config.max_message_size,
             credentials=channel_credentials_for(config),
+            token=config.token,
         )
         try:
             stub = network_pb2_grpc.NetworkServiceStub(channel)
@@ -144,6 +145,7 @@ class Client:
             address,
             max_message_size=self.config.max_message_size,
             credentials=channel_credentials_for(self.config),
+            token=self.config.token,
         )
         outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
         models = model_pb2_grpc.ModelServiceStub(channel)

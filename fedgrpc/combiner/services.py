@@ -13,6 +13,7 @@ from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
+from fedgrpc.security.identity import acting_subject, check_acting_as
 from fedgrpc.transfer import model_stream, receive_model
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[combiner_pb2.ServerMessage]:
         hello: combiner_pb2.ClientHello = await first_message(request_iterator, "hello", "a hello")
+        check_acting_as(hello.name, "client name")
         client = self._core.clients.connect(hello.name, context.peer(), tuple(hello.tags))
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
         welcome = combiner_pb2.Welcome(
@@ -76,11 +78,12 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         request_iterator: AsyncIterator[model_pb2.ModelChunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
+        uploader = acting_subject()  # a client uploads only for its own tasks
         async with self._ingest:
             update = await receive_model(
                 request_iterator,
                 max_size=self._core.max_model_size,
-                check_header=self._core.check_upload,
+                check_header=lambda header: self._core.check_upload(header, uploader),
             )
             await self._core.accept_update(update)
         return model_pb2.UploadResponse(

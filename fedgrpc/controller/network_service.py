@@ -9,6 +9,7 @@ import grpc
 from fedgrpc.controller.network import Network
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
+from fedgrpc.security.identity import check_acting_as
 
 
 class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
@@ -24,12 +25,15 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
             request_iterator, "register", "a combiner registration"
         )
         network = self._network
+        check_acting_as(registration.name, "combiner name")
         link = await network.register(registration)
         config = network.config
+        authority = network.authority
         registered = network_pb2.CombinerRegistered(
             combiner_id=link.record_id,
             heartbeat_interval=config.heartbeat_interval,
             heartbeat_timeout=config.heartbeat_timeout,
+            **(authority.registration_fields() if authority is not None else {}),
         )
         try:
             yield network_pb2.ControllerCommand(registered=registered)
@@ -50,5 +54,6 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def AssignCombiner(
         self, request: network_pb2.AssignCombinerRequest, context: grpc.aio.ServicerContext
     ) -> network_pb2.AssignCombinerResponse:
+        check_acting_as(request.client_name, "client_name")
         link = self._network.assign(request.client_name, request.preferred_combiner)
         return network_pb2.AssignCombinerResponse(combiner_name=link.name, address=link.address)

@@ -18,6 +18,8 @@ from fedgrpc import APIClient
 from fedgrpc.cli import main
 from fedgrpc.launch import Daemon, start_daemon
 from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -37,27 +39,36 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A controller, a combiner and two clients (tests.e2e.clients) as processes."""
     base = tmp_path_factory.mktemp("cli-network")
     logs = base / "logs"
+    keys = base / "data"
     daemons: list[Daemon] = []
+    patch = pytest.MonkeyPatch()
     try:
         daemons.append(
             start_daemon(
                 "controller",
-                ["controller", "start", "--port", "0", "--data-dir", str(base / "data")],
+                ["controller", "start", "--port", "0", "--data-dir", str(keys)],
                 log_dir=logs,
                 env=FAST,
             )
         )
         address = daemons[0].address
+        # What an operator does: export the admin token for the CLI and APIClient.
+        patch.setenv("FEDGRPC_AUTH_TOKEN", read_admin_token(keys))
+        combiner_token = mint_token(keys, "comb-a", Role.COMBINER)
         daemons.append(
             start_daemon(
                 "combiner",
                 ["combiner", "start", "--controller", address, "--name", "comb-a"],
                 log_dir=logs,
-                env=FAST,
+                env={**FAST, "FEDGRPC_COMBINER_TOKEN": combiner_token},
             )
         )
         for index in range(2):
-            env = {**FAST, "FEDGRPC_TEST_CLIENT_INDEX": str(index)}
+            env = {
+                **FAST,
+                "FEDGRPC_TEST_CLIENT_INDEX": str(index),
+                "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"c{index}", Role.CLIENT),
+            }
             args = ["client", "start", "--controller", address, "--name", f"c{index}"]
             daemons.append(
                 start_daemon(
@@ -73,6 +84,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for daemon in reversed(daemons):
             daemon.stop()
+        patch.undo()
 
 
 def cli(controller: str, *args: str) -> Any:

@@ -14,6 +14,7 @@ from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import model_stream
 from tests.integration.conftest import LocalNetwork, shift_train
 
@@ -154,7 +155,9 @@ async def test_update_for_unknown_task_is_refused_by_combiner(local_network: Loc
     net = local_network
     combiner = await net.add_combiner("alpha")
     await net.add_client("n0", shift_train(1.0))
-    channel = open_channel(combiner.address, max_message_size=16 << 20)
+    channel = open_channel(
+        combiner.address, max_message_size=16 << 20, token=net.token(Role.CLIENT, "n0")
+    )
     try:
         stub = model_pb2_grpc.ModelServiceStub(channel)
         header = model_pb2.ModelHeader(task_id="forged")
