@@ -14,8 +14,10 @@ from fedgrpc._version import __version__
 from fedgrpc.controller import packages
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.sessions import SessionManager
-from fedgrpc.errors import NotFound
+from fedgrpc.controller.tokens import TokenAuthority
+from fedgrpc.errors import FailedPrecondition, NotFound
 from fedgrpc.proto.control.v1 import control_pb2 as pb
+from fedgrpc.security.identity import caller_claims
 from fedgrpc.statestore import ListResult, NamedRepository, Record
 
 T = TypeVar("T")
@@ -32,6 +34,33 @@ class ControlAPI:
         self.sessions = sessions
         # The bound HOST:PORT (port 0 resolved), set by the app once the server listens.
         self.address: str | None = None
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def _authority(self) -> TokenAuthority:
+        if self.network.authority is None:
+            raise FailedPrecondition("this controller runs without authentication (auth=false)")
+        return self.network.authority
+
+    async def create_token(
+        self, *, role: str, subject: str, expires_in: float | None, scope: str | None
+    ) -> dict[str, Any]:
+        token, claims = self._authority().create(
+            role=role, subject=subject, scope=scope, expires_in=expires_in, creator=caller_claims()
+        )
+        return {
+            "token": token,
+            "token_id": claims.token_id,
+            "subject": claims.subject,
+            "role": claims.role.value,
+            "scope": claims.scope or "",
+            "expires_at": claims.expires_at or 0,
+        }
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        claims = caller_claims()
+        record = await self._authority().revoke(token_id, by=claims.subject if claims else "")
+        return {"token_id": token_id, "revoked_at": record.get("revoked_at") or ""}
 
     async def controller_status(self) -> dict[str, Any]:
         active_model = await self._active_model_id() or ""

@@ -209,3 +209,21 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: pb.GetClientConfigRequest, context: Context
     ) -> pb.ClientConfig:
         return to_message(await self._api.client_config(checksum=request.checksum), pb.ClientConfig)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        created = await self._api.create_token(
+            role=request.role,
+            subject=request.subject,
+            expires_in=request.expires_in if request.HasField("expires_in") else None,
+            scope=request.scope or None,
+        )
+        return pb.CreateTokenResponse(**created)
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
+        return pb.RevokeTokenResponse(**await self._api.revoke_token(request.token_id))

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fedgrpc import APIClient
 from fedgrpc.cli import main
+from fedgrpc.errors import Unauthenticated
 from fedgrpc.launch import Daemon, start_daemon
 from fedgrpc.model.serialization import dump_model, load_model
 from fedgrpc.security.keystore import mint_token, read_admin_token
@@ -223,3 +225,23 @@ def test_network_and_package_commands(controller: str, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert target.read_bytes() == tarball.read_bytes()
+
+
+def test_tokens_are_created_and_revoked_through_the_cli(controller: str) -> None:
+    runner = CliRunner()
+    args = ["--role", "user", "--subject", "analyst", "--expires", "1h", "--controller", controller]
+    created = runner.invoke(main, ["token", "create", *args])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    token_id = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert token_id in created.stderr
+    with APIClient(controller, token=token) as api:
+        assert api.get_controller_status()["clients_online"] == 2
+    revoked = runner.invoke(main, ["token", "revoke", token_id, "--controller", controller])
+    assert revoked.exit_code == 0, revoked.output
+    with APIClient(controller, token=token) as api, pytest.raises(Unauthenticated):
+        api.get_controller_status()
+    # The revoked token is refused for everything: one line, non-zero exit.
+    refused = runner.invoke(main, ["token", "create", *args, "--token", token])
+    assert refused.exit_code != 0
+    assert "UNAUTHENTICATED" in refused.output
