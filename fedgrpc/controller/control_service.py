@@ -54,7 +54,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             settings["aggregator_kwargs"] = struct_to_dict(request.aggregator_kwargs)
         if request.HasField("client_settings"):
             settings["client_settings"] = struct_to_dict(request.client_settings)
-        session = await self._api.sessions.start(
+        session = await self._api.start_session(
             session_id=request.id or None, name=request.name or None, settings=settings
         )
         return to_message(session, pb.Session)
@@ -62,7 +62,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ContinueSession(
         self, request: pb.ContinueSessionRequest, context: Context
     ) -> pb.Session:
-        session = await self._api.sessions.continue_session(
+        session = await self._api.continue_session(
             request.session_id,
             rounds=request.rounds if request.HasField("rounds") else None,
             round_timeout=request.round_timeout if request.HasField("round_timeout") else None,
@@ -70,14 +70,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return to_message(session, pb.Session)
 
     async def StopSession(self, request: pb.StopSessionRequest, context: Context) -> pb.Session:
-        return to_message(await self._api.sessions.stop(request.session_id), pb.Session)
+        return to_message(await self._api.stop_session(request.session_id), pb.Session)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
-        return to_message(await self._api.get("sessions", request.id), pb.Session)
+        return to_message(await self._api.get_session(request.id), pb.Session)
 
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Context) -> Any:
-        found = await self._api.list(
-            "sessions", **page_args(request.page), **present_filters(request, ("status",))
+        found = await self._api.list_sessions(
+            **page_args(request.page), **present_filters(request, ("status",))
         )
         return _listed(found, pb.ListSessionsResponse, pb.Session)
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from fedgrpc.controller.network import Network
+from fedgrpc.controller.scope import caller_scope, in_scope
 from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
@@ -67,13 +68,16 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
             name=name,
             size=stored.size,
             sha256=stored.sha256,
+            scope=caller_scope(),
         )
         return model_id, stored
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ModelChunk]:
-        record = await asyncio.to_thread(self._network.store.models.get, request.model_id)
+        record = in_scope(
+            await asyncio.to_thread(self._network.store.models.get, request.model_id), "model"
+        )
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )

@@ -130,7 +130,7 @@ class SessionRepository(Repository):
     spec = CollectionSpec(
         name="sessions",
         noun="session",
-        filter_keys=("status", "name"),
+        filter_keys=("status", "name", "scope"),
         sort_keys=("name", "status"),
     )
 

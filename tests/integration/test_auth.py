@@ -285,3 +285,58 @@ async def test_user_errors_surface_as_typed_exceptions(local_network: LocalNetwo
     await net.add_combiner("alpha")
     with pytest.raises(Unauthenticated):
         await asyncio.wait_for(_run_client_as(net, "site-1", "not-a-token"), timeout=20)
+
+
+async def test_a_scoped_user_sees_only_its_collaboration(local_network: LocalNetwork) -> None:
+    net = local_network
+    await net.add_combiner("alpha")
+    await net.add_client("site-1", shift_train(1.0))
+    a = channel_as_scoped(net, "user-a", "collab-a")
+    b = channel_as_scoped(net, "user-b", "collab-b")
+    try:
+        a_control, b_control = (
+            control_pb2_grpc.ControlServiceStub(a),
+            control_pb2_grpc.ControlServiceStub(b),
+        )
+        a_models, b_models = model_pb2_grpc.ModelServiceStub(a), model_pb2_grpc.ModelServiceStub(b)
+        data = dump_model([np.zeros(3, dtype=np.float32)])
+        seed = await raw_upload(a_models, list(model_stream(data, header=model_pb2.ModelHeader())))
+        await a_control.SetActiveModel(pb.SetActiveModelRequest(model_id=seed.model_id))
+        session = await a_control.StartSession(
+            pb.StartSessionRequest(rounds=1, round_timeout=20, validate=False)
+        )
+        ended = await net.wait_session(session.id)
+        assert ended.status == "finished"
+
+        # Collaboration A sees its session and both its models.
+        assert (await a_control.ListSessions(pb.ListSessionsRequest())).count == 1
+        assert (await a_control.GetSession(pb.GetSessionRequest(id=session.id))).id == session.id
+        listed = await a_control.ListModels(pb.ListModelsRequest())
+        assert {m.id for m in listed.result} == {seed.model_id, ended.model_id}
+
+        # Collaboration B sees none of it: every read is NOT_FOUND or an empty list.
+        assert (await b_control.ListSessions(pb.ListSessionsRequest())).count == 0
+        assert (await b_control.ListModels(pb.ListModelsRequest())).count == 0
+        for call in (
+            b_control.GetSession(pb.GetSessionRequest(id=session.id)),
+            b_control.StopSession(pb.StopSessionRequest(session_id=session.id)),
+            b_control.ContinueSession(pb.ContinueSessionRequest(session_id=session.id)),
+            b_control.GetModel(pb.GetModelRequest(id=ended.model_id)),
+            b_control.GetActiveModel(pb.GetActiveModelRequest()),
+            b_control.SetActiveModel(pb.SetActiveModelRequest(model_id=seed.model_id)),
+            b_control.GetModelAncestors(pb.ModelLineageRequest(model_id=ended.model_id)),
+            b_control.StartSession(pb.StartSessionRequest(model_id=seed.model_id, rounds=1)),
+        ):
+            await expect_status(call, CODE.NOT_FOUND)
+        download = b_models.Download(model_pb2.DownloadRequest(model_id=ended.model_id))
+        await expect_status(download.read(), CODE.NOT_FOUND)
+        # The unscoped admin sees everything.
+        assert (await net.control.ListSessions(pb.ListSessionsRequest())).count == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+def channel_as_scoped(net: LocalNetwork, subject: str, scope: str) -> grpc.aio.Channel:
+    token = net.token(Role.USER, subject, scope=scope)
+    return open_channel(net.controller.address, max_message_size=16 << 20, token=token)
