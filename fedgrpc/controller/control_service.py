@@ -11,6 +11,7 @@ from fedgrpc.controller.api import ControlAPI
 from fedgrpc.controller.records import page_args, present_filters, to_message
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
+from fedgrpc.security.limits import validate_requests
 from fedgrpc.statestore import ListResult
 from fedgrpc.transfer import struct_to_dict
 
@@ -39,6 +40,7 @@ def _listed(found: ListResult, response_type: type[Any], record_type: type[Any])
     )
 
 
+@validate_requests
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, api: ControlAPI) -> None:
         self._api = api

@@ -19,9 +19,11 @@ from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.security.limits import validate_fields, validate_requests
 from fedgrpc.transfer import ReceivedModel, receive_model
 
 
+@validate_requests
 class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
     def __init__(self, network: Network) -> None:
         self._network = network
@@ -46,6 +48,7 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)
 
     def _check_header(self, header: model_pb2.ModelHeader) -> None:
+        validate_fields(header)
         if header.model_id:
             validate_model_id(header.model_id)
         if header.round_id and ("round", header.round_id) not in self._network.registry.collectors:
