@@ -64,9 +64,10 @@ class Client:
         validate: ValidateFn | None = None,
         name: str | None = None,
         config: ClientConfig | None = None,
+        token: str | None = None,
     ) -> None:
         base = config or ClientConfig()
-        overrides = {"controller": controller, "name": name}
+        overrides = {"controller": controller, "name": name, "token": token}
         self.config = ClientConfig(
             **{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
         )
