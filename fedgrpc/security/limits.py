@@ -73,8 +73,28 @@ _NAME_FIELDS = frozenset(
 _NAME_SUFFIXES = ("_id", "_name", "_role")
 
 
+# Display names people choose (a session's "name", FEDn-style "my session"): labels, not
+# identifiers. They may hold spaces but no control characters (no log forging).
+_LABEL_FIELDS = frozenset(
+    {
+        "fedgrpc.control.v1.StartSessionRequest.name",
+        "fedgrpc.control.v1.ListPackagesRequest.name",
+    }
+)
+MAX_LABEL_LENGTH = 256
+
+
 def _is_name_field(name: str) -> bool:
     return name in _NAME_FIELDS or name.endswith(_NAME_SUFFIXES)
+
+
+def validate_label(value: str, field: str) -> str:
+    """A display name: 1-256 printable characters (spaces allowed)."""
+    if not value or len(value) > MAX_LABEL_LENGTH or not value.isprintable():
+        raise InvalidArgument(
+            f"{field}: must be 1-{MAX_LABEL_LENGTH} printable characters (no control characters)"
+        )
+    return value
 
 
 def validate_fields(message: Message, limit: int = DEFAULT_METADATA_LIMIT) -> None:
@@ -88,6 +108,9 @@ def validate_fields(message: Message, limit: int = DEFAULT_METADATA_LIMIT) -> No
             else:
                 for item in value if field.is_repeated else [value]:
                     validate_fields(item, limit)
+        elif field.type == field.TYPE_STRING and field.full_name in _LABEL_FIELDS:
+            if value:
+                validate_label(value, field.name)
         elif field.type == field.TYPE_STRING and _is_name_field(field.name):
             items = value if field.is_repeated else [value]
             for item in items:

@@ -198,7 +198,7 @@ async def test_bad_names_ids_and_metadata_are_refused_before_anything_is_written
     calls = [
         control.GetSession(pb.GetSessionRequest(id=bad)),
         control.StartSession(pb.StartSessionRequest(id="x" * 200)),
-        control.StartSession(pb.StartSessionRequest(name="two words")),
+        control.StartSession(pb.StartSessionRequest(name="a\nforged log line")),
         control.SetActiveModel(pb.SetActiveModelRequest(model_id=bad)),
         control.ListStatuses(pb.ListStatusesRequest(sender_name="a\nforged log line")),
         control.CreateToken(pb.CreateTokenRequest(role="client", subject=bad)),
