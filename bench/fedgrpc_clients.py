@@ -14,11 +14,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from bench.workload import NUM_EXAMPLES, train_step
 from fedgrpc.client.node import Client
 from fedgrpc.config import ClientConfig
+from fedgrpc.security.keystore import mint_token
+from fedgrpc.security.tokens import Role
 
 Train = Callable[[Any, Mapping[str, Any]], tuple[Any, Mapping[str, Any]]]
 
@@ -30,12 +33,18 @@ def make_train(index: int) -> Train:
     return train
 
 
-async def run_clients(controller: str, first: int, count: int, heartbeat: float) -> None:
+async def run_clients(
+    controller: str, keys: Path, first: int, count: int, heartbeat: float
+) -> None:
+    """``keys``: the controller's data directory; each client's token is minted from it."""
     clients = [
         Client(
             train=make_train(index),
             config=ClientConfig(
-                controller=controller, name=f"client-{index}", heartbeat_interval=heartbeat
+                controller=controller,
+                name=f"client-{index}",
+                heartbeat_interval=heartbeat,
+                token=mint_token(keys, f"client-{index}", Role.CLIENT),
             ),
         )
         for index in range(first, first + count)
@@ -56,6 +65,7 @@ async def run_clients(controller: str, first: int, count: int, heartbeat: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--controller", required=True)
+    parser.add_argument("--keys", type=Path, required=True, help="The controller's data dir.")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--heartbeat", type=float, default=5.0)
@@ -65,7 +75,7 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(run_clients(args.controller, args.first, args.count, args.heartbeat))
+    asyncio.run(run_clients(args.controller, args.keys, args.first, args.count, args.heartbeat))
 
 
 if __name__ == "__main__":

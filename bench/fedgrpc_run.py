@@ -24,6 +24,9 @@ from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.server import message_size_options
+from fedgrpc.security.bearer import bearer_channel
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import model_stream
 
 ROUND_TIMEOUT = 1800.0
@@ -62,6 +65,7 @@ def run_fedgrpc(workload: Workload, log_dir: Path, topology: Topology | None = N
 @dataclass(frozen=True)
 class _Running:
     controller: Daemon
+    keys: Path  # the controller's data directory, whose key signs the tokens
     clients: list[Child]
     started: float  # monotonic time before the first process was spawned
 
@@ -80,12 +84,13 @@ def _network(
         _start_daemons(daemons, data_dir, log_dir, topology, monitor)
         controller = daemons[0]
         for name, first, count in _client_groups(workload.clients, topology.processes):
-            args = ["--controller", controller.address, "--first", str(first)]
+            args = ["--controller", controller.address, "--keys", str(data_dir)]
+            args += ["--first", str(first)]
             args += ["--count", str(count), "--heartbeat", str(topology.heartbeat_interval)]
             child = spawn(name, this_python(), "bench.fedgrpc_clients", args, log_dir=log_dir)
             children.append(child)
             monitor.watch(name, child.process.pid)
-        yield _Running(controller, children, started)
+        yield _Running(controller, data_dir, children, started)
 
 
 def _start_daemons(
@@ -104,6 +109,7 @@ def _start_daemons(
     combiner_env = {f"FEDGRPC_COMBINER_{k}": v for k, v in env.items()}
     if topology.max_clients is not None:
         combiner_env["FEDGRPC_COMBINER_MAX_CLIENTS"] = str(topology.max_clients)
+    combiner_env["FEDGRPC_COMBINER_TOKEN"] = mint_token(data_dir, "combiner-0", Role.COMBINER)
     args = ["combiner", "start", "--controller", controller.address, "--name", "combiner-0"]
     daemons.append(start_daemon("combiner", args, log_dir=log_dir, env=combiner_env))
     monitor.watch("combiner", daemons[-1].process.pid)
@@ -140,7 +146,8 @@ def _client_groups(clients: int, processes: int | None) -> Iterator[tuple[str, i
 def _measure(workload: Workload, running: _Running, result: RunResult, topology: Topology) -> None:
     options = message_size_options(64 << 20)
     clients = running.clients
-    with grpc.insecure_channel(running.controller.address, options=options) as channel:
+    with grpc.insecure_channel(running.controller.address, options=options) as plain:
+        channel = bearer_channel(plain, read_admin_token(running.keys))
         control = control_pb2_grpc.ControlServiceStub(channel)
         _wait_for_clients(control, workload.clients, clients, topology.connect_timeout)
         result.startup_seconds = time.monotonic() - running.started

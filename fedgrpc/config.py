@@ -136,6 +136,9 @@ class ControllerConfig(TransferLimits, TlsSettings):
     log_level: str = "INFO"
     # Serve plaintext on a non-loopback address anyway (a warning is logged at start-up).
     insecure: bool = False
+    # Check a bearer token on every call (the key pair and an admin token are kept under
+    # data_dir, also with MongoDB). Turn off only for tests of unrelated parts.
+    auth: bool = True
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)
@@ -170,6 +173,22 @@ class CombinerConfig(TransferLimits, TlsSettings):
     heartbeat_timeout: float = 20.0
     log_level: str = "INFO"
     insecure: bool = False
+    # The combiner's bearer token (role combiner, subject = name) for the controller.
+    token: str | None = field(default=None, repr=False)
+    # Verify client tokens with the key the controller sends at registration. Turn off only
+    # together with the controller's auth, for tests of unrelated parts.
+    auth: bool = True
+
+    def require_token(self) -> str | None:
+        """The token, checked at start-up: with auth on, a combiner cannot work without one."""
+        if self.auth:
+            _check(
+                bool(self.token),
+                "token",
+                "a combiner needs a token to reach the controller (--token or "
+                "FEDGRPC_COMBINER_TOKEN; `fedgrpc token create --role combiner --subject NAME`)",
+            )
+        return self.token
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)
@@ -197,6 +216,8 @@ class ClientConfig(TransferLimits, TlsSettings):
     reconnect_max_delay: float = 10.0
     log_level: str = "INFO"
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # The client's bearer token (role client, subject = name) for controller and combiner.
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)

@@ -15,6 +15,7 @@ FEDGRPC_NAMES = ["APIClient", "Client", "__version__"]
 API_CLIENT_METHODS = [
     "close",
     "continue_session",
+    "create_token",
     "download_model",
     "download_package",
     "get_active_clients",
@@ -51,6 +52,7 @@ API_CLIENT_METHODS = [
     "get_validation",
     "get_validations",
     "get_validations_count",
+    "revoke_token",
     "session_is_finished",
     "set_active_model",
     "set_active_package",

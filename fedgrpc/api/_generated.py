@@ -1331,3 +1331,79 @@ class ControlClientBase(RpcClient):
             timeout=timeout,
             metadata=metadata,
         )
+
+    def create_token(
+        self,
+        *,
+        role: str = "",
+        subject: str = "",
+        expires_in: float | None = None,
+        scope: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.CreateTokenResponse:
+        """Tokens (admin only). Issue a token signed with the controller's key. Errors:
+        INVALID_ARGUMENT for an unknown role, a bad subject or scope, or a bad lifetime.
+
+        Args:
+            role: admin, user, combiner or client.
+            subject: Who the token is for: a combiner's or client's name, or a user.
+            expires_in: Lifetime in seconds; unset means the token does not expire (revoke it to end
+                it).
+            scope: Collaboration/project the token is limited to; empty means unscoped.
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``CreateTokenResponse`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.CreateTokenRequest(
+            role=role,
+            subject=subject,
+            expires_in=expires_in,
+            scope=scope,
+        )
+        return self._unary_unary(
+            self._stub.CreateToken,
+            request,
+            control_pb2.CreateTokenResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def revoke_token(
+        self,
+        *,
+        token_id: str = "",
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> control_pb2.RevokeTokenResponse:
+        """Refuse a token (by its id, the JWT's jti) from now on, on the controller and every
+        combiner. Revoking an id twice is not an error.
+
+        Args:
+            token_id: The request's ``token_id`` (string).
+            timeout: Seconds to wait for the call; None waits as long as it takes.
+            metadata: Extra (key, value) gRPC metadata sent with this call.
+
+        Returns:
+            The ``RevokeTokenResponse`` response.
+
+        Raises:
+            fedgrpc.errors.FedgrpcError: The subclass for the call's status (e.g. NotFound);
+                ``.code`` holds the code.
+        """
+        request = control_pb2.RevokeTokenRequest(
+            token_id=token_id,
+        )
+        return self._unary_unary(
+            self._stub.RevokeToken,
+            request,
+            control_pb2.RevokeTokenResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )

@@ -17,10 +17,13 @@ from fedgrpc.api._models import ModelMethods
 from fedgrpc.api._network import NetworkMethods
 from fedgrpc.api._packages import PackageMethods
 from fedgrpc.api._sessions import SessionMethods
+from fedgrpc.api._tokens import TokenMethods
 from fedgrpc.api._transfer import ModelClient
 
 
-class APIClient(NetworkMethods, ModelMethods, PackageMethods, SessionMethods, EventMethods):
+class APIClient(
+    NetworkMethods, ModelMethods, PackageMethods, SessionMethods, EventMethods, TokenMethods
+):
     """A synchronous client of a fedgrpc controller.
 
     ``host`` is ``"host"``, ``"host:port"`` or ``"grpc://host:port"`` (``grpcs://`` implies

@@ -49,6 +49,11 @@ def client_group() -> None:
 )
 @click.option("--name", help="Unique client name (default: host plus a random suffix).")
 @click.option("--preferred-combiner", help="Combiner to prefer when it is online.")
+@click.option(
+    "--token",
+    help="Bearer token (role client, subject = --name) from `fedgrpc token create` "
+    "(env FEDGRPC_CLIENT_TOKEN).",
+)
 @client_tls_options
 @CONFIG_OPTION
 def client_start(

@@ -35,6 +35,11 @@ def combiner_group() -> None:
 @click.option("--port", type=int, help="Port to bind; 0 (default) picks a free one.")
 @click.option("--advertise-address", help="HOST:PORT clients dial (default: the bound address).")
 @click.option("--max-clients", type=int, help="Most clients this combiner accepts.")
+@click.option(
+    "--token",
+    help="Bearer token (role combiner, subject = --name) from `fedgrpc token create` "
+    "(env FEDGRPC_COMBINER_TOKEN).",
+)
 @server_tls_options
 @CONFIG_OPTION
 def combiner_start(config_path: Path | None, **options: Any) -> None:

@@ -30,11 +30,32 @@ def controller_options(command: F) -> F:
     @click.option(
         "--token", envvar="FEDGRPC_AUTH_TOKEN", help="Bearer token (env FEDGRPC_AUTH_TOKEN)."
     )
+    @click.option(
+        "--tls-ca", type=_FILE, envvar="FEDGRPC_TLS_CA", help="Dial over TLS, trusting this CA."
+    )
+    @click.option("--tls-cert", type=_FILE, help="Client certificate for mutual TLS.")
+    @click.option("--tls-key", type=_FILE, help="The client certificate's private key.")
     @functools.wraps(command)
-    def wrapper(controller: str, token: str | None, **kwargs: Any) -> Any:
+    def wrapper(
+        controller: str,
+        token: str | None,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        **kwargs: Any,
+    ) -> Any:
         from fedgrpc.api import APIClient
 
-        with APIClient(controller, token=token) as api:
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        with APIClient(
+            controller,
+            secure=tls_ca is not None,
+            token=token,
+            root_certificates=_read(tls_ca),
+            certificate_chain=_read(tls_cert),
+            private_key=_read(tls_key),
+        ) as api:
             try:
                 return command(api=api, **kwargs)
             except Unavailable as exc:

@@ -49,7 +49,8 @@ def controller_start(config_path: Path | None, **options: Any) -> None:
     controller = Controller(config)
 
     def ready() -> None:
-        announce("controller", address=controller.address)
+        token = controller.admin_token_path
+        announce("controller", address=controller.address, admin_token=token and str(token))
 
     asyncio.run(run_until_signalled(controller.start, controller.stop, ready))
 

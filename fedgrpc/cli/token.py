@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+import jwt
 
+from fedgrpc.cli.connection import controller_options
 from fedgrpc.security.tokens import Role
+
+if TYPE_CHECKING:
+    from fedgrpc.api import APIClient
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw]?)")
@@ -37,9 +43,9 @@ def token_group() -> None:
 @token_group.command("create")
 @click.option(
     "--data-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="The controller's data directory (its key pair is in DIR/keys; made if absent).",
+    help="Sign with the key in the controller's data directory (DIR/keys; made if absent) "
+    "instead of asking the controller (which needs an admin --token).",
 )
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
 @click.option("--subject", required=True, help="Who the token is for, e.g. site-1.")
@@ -47,15 +53,33 @@ def token_group() -> None:
     "--expires", callback=_duration_option, help="Lifetime: seconds or 90m, 1h, 7d (default: none)."
 )
 @click.option("--scope", help="Collaboration/project id the token is limited to.")
+@controller_options
 def token_create(
-    data_dir: Path, role: str, subject: str, expires: int | None, scope: str | None
+    api: APIClient,
+    data_dir: Path | None,
+    role: str,
+    subject: str,
+    expires: int | None,
+    scope: str | None,
 ) -> None:
     """Print a token signed with the controller's key (the token alone on stdout)."""
-    from fedgrpc.security.keystore import load_or_create_keypair
-    from fedgrpc.security.tokens import TokenIssuer
+    if data_dir is not None:
+        from fedgrpc.security.keystore import mint_token
 
-    issuer = TokenIssuer(load_or_create_keypair(data_dir))
-    token = issuer.issue(subject, role, scope=scope, expires_in=expires)
+        token = mint_token(data_dir, subject, role, scope=scope, expires_in=expires)
+        token_id = jwt.decode(token, options={"verify_signature": False})["jti"]
+    else:
+        created = api.create_token(role, subject, expires_in=expires, scope=scope)
+        token, token_id = created["token"], created["token_id"]
     lifetime = f"expires in {expires} s" if expires else "does not expire"
-    click.echo(f"token for '{subject}' (role {role}) {lifetime}", err=True)
+    click.echo(f"token {token_id} for '{subject}' (role {role}) {lifetime}", err=True)
     click.echo(token)
+
+
+@token_group.command("revoke")
+@click.argument("token_id")
+@controller_options
+def token_revoke(api: APIClient, token_id: str) -> None:
+    """Refuse a token (by its id) from now on, on the controller and every combiner."""
+    revoked = api.revoke_token(token_id)
+    click.echo(f"revoked {revoked['token_id']} at {revoked['revoked_at']}")

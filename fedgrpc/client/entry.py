@@ -22,6 +22,7 @@ from fedgrpc.packages.commands import (
 )
 from fedgrpc.packages.fetch import default_cache_dir, fetch_package
 from fedgrpc.packages.manifest import MANIFEST_NAME, EntryPoint, check_references, read_manifest
+from fedgrpc.security.tls import channel_credentials_for
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def load_client_code(
                 config.controller,
                 cache_dir=package_dir or default_cache_dir(),
                 max_message_size=config.max_message_size,
+                credentials=channel_credentials_for(config),
+                token=config.token,
             )
         )
     if package is None:

@@ -64,9 +64,10 @@ class Client:
         validate: ValidateFn | None = None,
         name: str | None = None,
         config: ClientConfig | None = None,
+        token: str | None = None,
     ) -> None:
         base = config or ClientConfig()
-        overrides = {"controller": controller, "name": name}
+        overrides = {"controller": controller, "name": name, "token": token}
         self.config = ClientConfig(
             **{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
         )
@@ -125,6 +126,7 @@ class Client:
             config.controller,
             max_message_size=config.max_message_size,
             credentials=channel_credentials_for(config),
+            token=config.token,
         )
         try:
             stub = network_pb2_grpc.NetworkServiceStub(channel)
@@ -144,6 +146,7 @@ class Client:
             address,
             max_message_size=self.config.max_message_size,
             credentials=channel_credentials_for(self.config),
+            token=self.config.token,
         )
         outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
         models = model_pb2_grpc.ModelServiceStub(channel)

@@ -12,6 +12,7 @@ from fedgrpc.combiner.link import ControllerLink
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
 from fedgrpc.config import CombinerConfig
+from fedgrpc.errors import PermissionDenied
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2
@@ -23,6 +24,9 @@ from fedgrpc.rpc.server import (
     start_server,
     warn_if_plaintext,
 )
+from fedgrpc.security.authz import ServerKind
+from fedgrpc.security.interceptor import AuthInterceptor
+from fedgrpc.security.revocation import LinkedVerifier, RevocationList
 from fedgrpc.security.tls import channel_credentials_for, server_credentials_for
 from fedgrpc.transfer import dict_to_struct, download_model, upload_model
 
@@ -40,6 +44,9 @@ class Combiner:
         self._link_task: asyncio.Task[None] | None = None
         self.name = config.name or ""
         self.address = ""
+        # Client tokens are checked with the key the controller sends at registration; until
+        # then every client call is refused as UNAVAILABLE.
+        self.verifier = LinkedVerifier(RevocationList())
 
     async def start(self) -> None:
         config = self.config
@@ -47,6 +54,7 @@ class Combiner:
             config.controller,
             max_message_size=config.max_message_size,
             credentials=channel_credentials_for(config),
+            token=config.require_token(),
         )
         self._channel = channel
         self._model_stub = model_pb2_grpc.ModelServiceStub(channel)
@@ -86,6 +94,9 @@ class Combiner:
             port=config.port,
             services=services,
             max_message_size=config.max_message_size,
+            interceptors=[AuthInterceptor(self.verifier, ServerKind.COMBINER)]
+            if config.auth
+            else [],
             credentials=server_credentials_for(config),
         )
         self.address = config.advertise_address or self.server.address
@@ -119,12 +130,28 @@ class Combiner:
     def _on_command(self, command: network_pb2.ControllerCommand) -> None:
         assert self.core is not None
         kind = command.WhichOneof("kind")
-        if kind == "round":
+        if kind == "registered":
+            self._trust(command.registered)
+        elif kind == "revoked":
+            self.verifier.revocations.add(command.revoked.token_id)
+            log.warning("token %s revoked by the controller", command.revoked.token_id)
+        elif kind == "round":
             self.core.start_round(command.round)
         elif kind == "validation":
             self.core.start_validation(command.validation)
         elif kind == "cancel_round":
             self.core.cancel_round(command.cancel_round.round_id, command.cancel_round.reason)
+
+    def _trust(self, registered: network_pb2.CombinerRegistered) -> None:
+        """Take the controller's token key and revocation list (sent at every registration)."""
+        self.verifier.revocations.replace(registered.revoked_token_ids)
+        if registered.token_public_key:
+            self.verifier.set_public_key(registered.token_public_key)
+        elif self.config.auth:
+            raise PermissionDenied(
+                "the controller sent no token public key (it runs without authentication) "
+                "but this combiner checks client tokens; start both with auth or both without"
+            )
 
     async def link_ended(self) -> None:
         """Wait until the controller link gives up for good (it raises why)."""

@@ -17,7 +17,7 @@ from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
 from fedgrpc.combiner.validation import ValidationPass
-from fedgrpc.errors import FailedPrecondition, FedgrpcError
+from fedgrpc.errors import FailedPrecondition, FedgrpcError, PermissionDenied
 from fedgrpc.model.serialization import dump_model, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
@@ -86,10 +86,21 @@ class CombinerCore:
     def connected_clients(self) -> list[network_pb2.ConnectedClient]:
         return [network_pb2.ConnectedClient(name=c.name, ip=c.ip) for c in self.clients.online()]
 
+    def _owner_of(self, task_id: str) -> str | None:
+        """The client a task was sent to, while its round or validation pass is open."""
+        work = self._tasks.get(task_id)
+        return work.client_of(task_id) if work is not None else None
+
     def handle_client_message(
         self, client: ClientConnection, message: combiner_pb2.ClientMessage
     ) -> None:
         kind = message.WhichOneof("kind")
+        task_id = getattr(message, kind).task_id if kind in ("task_failed", "validation") else ""
+        if task_id and self._owner_of(task_id) not in (None, client.name):
+            log.warning(
+                "client %s answered task %s of another client; ignored", client.name, task_id
+            )
+            return
         if kind == "task_failed":
             self._task_failed(client, message.task_failed)
         elif kind == "validation":
@@ -115,12 +126,19 @@ class CombinerCore:
 
     # --- uploads --------------------------------------------------------------------------
 
-    def check_upload(self, header: model_pb2.ModelHeader) -> None:
-        """Refuse an update from its header alone when its task or round is not open.
+    def check_upload(self, header: model_pb2.ModelHeader, uploader: str | None = None) -> None:
+        """Refuse an update from its header alone when its task or round is not open, or
+        when ``uploader`` (the token's subject, if any) is not the client the task went to.
 
         A refused update is recorded as a status event, so a late client is visible in the
         session's history rather than silently ignored.
         """
+        owner = self._owner_of(header.task_id)
+        if uploader is not None and owner is not None and owner != uploader:
+            raise PermissionDenied(
+                f"task {header.task_id} was sent to client '{owner}', not to '{uploader}'; "
+                "a client uploads only its own updates"
+            )
         try:
             self._round_for_task(header.task_id).check_open(header.task_id)
         except FedgrpcError as exc:

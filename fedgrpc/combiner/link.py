@@ -15,10 +15,17 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from fedgrpc.backoff import Backoff
-from fedgrpc.errors import TlsHandshakeFailed, from_rpc_error
+from fedgrpc.errors import (
+    PermissionDenied,
+    TlsHandshakeFailed,
+    Unauthenticated,
+    from_rpc_error,
+)
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+FATAL_LINK_ERRORS = (TlsHandshakeFailed, Unauthenticated, PermissionDenied)
 
 CommandHandler = Callable[[network_pb2.ControllerCommand], None]
 
@@ -82,8 +89,9 @@ class ControllerLink:
             return "controller closed the link"
         except grpc.aio.AioRpcError as error:
             typed = from_rpc_error(error)
-            if isinstance(typed, TlsHandshakeFailed):
-                raise typed from error  # a wrong CA or certificate: retrying cannot fix it
+            if isinstance(typed, FATAL_LINK_ERRORS):
+                # A wrong CA or certificate, a refused or revoked token: retrying cannot fix it.
+                raise typed from error
             return f"{error.code().name}: {error.details()}"
         except asyncio.CancelledError:
             if not self._silenced:

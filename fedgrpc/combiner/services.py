@@ -8,16 +8,21 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.core import CombinerCore
+from fedgrpc.errors import FedgrpcError
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
+from fedgrpc.security.identity import acting_subject, check_acting_as
+from fedgrpc.security.limits import validate_fields, validate_requests
 from fedgrpc.transfer import model_stream, receive_model
 
 log = logging.getLogger(__name__)
 
 
+@validate_requests
 class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
     def __init__(
         self, core: CombinerCore, *, heartbeat_interval: float, heartbeat_timeout: float
@@ -32,6 +37,8 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[combiner_pb2.ServerMessage]:
         hello: combiner_pb2.ClientHello = await first_message(request_iterator, "hello", "a hello")
+        validate_fields(hello)
+        check_acting_as(hello.name, "client name")
         client = self._core.clients.connect(hello.name, context.peer(), tuple(hello.tags))
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
         welcome = combiner_pb2.Welcome(
@@ -44,7 +51,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
             async for message in pump(
                 client,
                 request_iterator,
-                lambda m: self._core.handle_client_message(client, m),
+                lambda m: self._on_message(client, m),
                 heartbeat=combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat()),
                 interval=self._interval,
                 timeout=self._timeout,
@@ -56,7 +63,17 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
                 "client %s disconnected: %s", client.name, client.close_reason or "stream ended"
             )
 
+    def _on_message(self, client: ClientConnection, message: combiner_pb2.ClientMessage) -> None:
+        """Pass on a message whose ids and metadata pass the limits; drop (and log) others."""
+        try:
+            validate_fields(message)
+        except FedgrpcError as error:
+            log.warning("dropped a message from client %s: %s", client.name, error)
+            return
+        self._core.handle_client_message(client, message)
 
+
+@validate_requests
 class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
     """Clients download global models here and upload their updates."""
 
@@ -76,16 +93,21 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         request_iterator: AsyncIterator[model_pb2.ModelChunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
+        uploader = acting_subject()  # a client uploads only for its own tasks
         async with self._ingest:
             update = await receive_model(
                 request_iterator,
                 max_size=self._core.max_model_size,
-                check_header=self._core.check_upload,
+                check_header=lambda header: self._check_upload(header, uploader),
             )
             await self._core.accept_update(update)
         return model_pb2.UploadResponse(
             model_id=update.header.model_id, size=len(update.data), sha256=update.header.sha256
         )
+
+    def _check_upload(self, header: model_pb2.ModelHeader, uploader: str | None) -> None:
+        validate_fields(header)
+        self._core.check_upload(header, uploader)
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext

@@ -45,6 +45,10 @@ class ValidationPass:
         self._requested = len(clients)
         self._check_done()
 
+    def client_of(self, task_id: str) -> str | None:
+        """The client a still-pending validate task went to."""
+        return self._pending.get(task_id)
+
     def result(self, task_id: str, message: combiner_pb2.ValidationResult) -> None:
         client_name = self._pending.pop(task_id, None)
         if client_name is None:

@@ -13,9 +13,12 @@ from typing import Any, TypeVar
 from fedgrpc._version import __version__
 from fedgrpc.controller import packages
 from fedgrpc.controller.network import Network
+from fedgrpc.controller.scope import caller_scope, in_scope, only_visible, scoped
 from fedgrpc.controller.sessions import SessionManager
-from fedgrpc.errors import NotFound
+from fedgrpc.controller.tokens import TokenAuthority
+from fedgrpc.errors import FailedPrecondition, NotFound
 from fedgrpc.proto.control.v1 import control_pb2 as pb
+from fedgrpc.security.identity import caller_claims
 from fedgrpc.statestore import ListResult, NamedRepository, Record
 
 T = TypeVar("T")
@@ -32,6 +35,33 @@ class ControlAPI:
         self.sessions = sessions
         # The bound HOST:PORT (port 0 resolved), set by the app once the server listens.
         self.address: str | None = None
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def _authority(self) -> TokenAuthority:
+        if self.network.authority is None:
+            raise FailedPrecondition("this controller runs without authentication (auth=false)")
+        return self.network.authority
+
+    async def create_token(
+        self, *, role: str, subject: str, expires_in: float | None, scope: str | None
+    ) -> dict[str, Any]:
+        token, claims = self._authority().create(
+            role=role, subject=subject, scope=scope, expires_in=expires_in, creator=caller_claims()
+        )
+        return {
+            "token": token,
+            "token_id": claims.token_id,
+            "subject": claims.subject,
+            "role": claims.role.value,
+            "scope": claims.scope or "",
+            "expires_at": claims.expires_at or 0,
+        }
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        claims = caller_claims()
+        record = await self._authority().revoke(token_id, by=claims.subject if claims else "")
+        return {"token_id": token_id, "revoked_at": record.get("revoked_at") or ""}
 
     async def controller_status(self) -> dict[str, Any]:
         active_model = await self._active_model_id() or ""
@@ -58,29 +88,67 @@ class ControlAPI:
         return [{**record, "active": record["id"] == active} for record in records]
 
     async def get_model(self, model_id: str) -> Record:
-        return (await self._with_active_flag([await _db(self.store.models.get, model_id)]))[0]
+        record = in_scope(await _db(self.store.models.get, model_id), "model")
+        return (await self._with_active_flag([record]))[0]
 
     async def list_models(self, **args: Any) -> ListResult:
-        found = await _db(self.store.models.list, **args)
+        found = await _db(self.store.models.list, **scoped(args))
         return {"count": found["count"], "result": await self._with_active_flag(found["result"])}
 
     async def get_active_model(self) -> Record:
         try:
-            record = await _db(self.store.models.get_active)
+            record = in_scope(await _db(self.store.models.get_active), "model")
         except NotFound:
             raise NotFound("no active model; upload a seed model and set it active") from None
         return {**record, "active": True}
 
     async def set_active_model(self, model_id: str) -> Record:
+        await self.get_model(model_id)  # NotFound outside the caller's scope
         await _db(self.store.models.set_active, model_id)
         return await self.get_model(model_id)
 
     async def model_lineage(
         self, model_id: str, *, descendants: bool, limit: int, include_self: bool
     ) -> ListResult:
+        await self.get_model(model_id)
         walk = self.store.models.descendants if descendants else self.store.models.ancestors
-        found = await _db(walk, model_id, limit=limit or None, include_self=include_self)
+        found = only_visible(
+            await _db(walk, model_id, limit=limit or None, include_self=include_self)
+        )
         return {"count": len(found), "result": await self._with_active_flag(found)}
+
+    # --- sessions -------------------------------------------------------------------------
+
+    async def get_session(self, session_id: str) -> Record:
+        return in_scope(await _db(self.store.sessions.get, session_id), "session")
+
+    async def start_session(
+        self, *, session_id: str | None, name: str | None, settings: dict[str, Any]
+    ) -> Record:
+        """A new session tagged with the caller's scope; its seed model must be in scope."""
+        if settings.get("model_id"):
+            await self.get_model(str(settings["model_id"]))
+        elif caller_scope() is not None:
+            await self.get_active_model()
+        return await self.sessions.start(
+            session_id=session_id, name=name, settings=settings, scope=caller_scope()
+        )
+
+    async def continue_session(
+        self, session_id: str, *, rounds: int | None, round_timeout: float | None
+    ) -> Record:
+        await self.get_session(session_id)
+        return await self.sessions.continue_session(
+            session_id, rounds=rounds, round_timeout=round_timeout
+        )
+
+    async def stop_session(self, session_id: str) -> Record:
+        await self.get_session(session_id)
+        return await self.sessions.stop(session_id)
+
+    async def list_sessions(self, **args: Any) -> ListResult:
+        found: ListResult = await _db(self.store.sessions.list, **scoped(args))
+        return found
 
     # --- compute packages -----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -16,6 +17,7 @@ from fedgrpc.controller.network import Network
 from fedgrpc.controller.network_service import NetworkServicer
 from fedgrpc.controller.registry import CombinerRegistry
 from fedgrpc.controller.sessions import SessionManager
+from fedgrpc.controller.tokens import TokenAuthority
 from fedgrpc.controller.writer import StateWriter
 from fedgrpc.errors import Unavailable
 from fedgrpc.modelstore import ModelStore, create_model_store
@@ -29,6 +31,8 @@ from fedgrpc.rpc.server import (
     start_server,
     warn_if_plaintext,
 )
+from fedgrpc.security.authz import ServerKind
+from fedgrpc.security.interceptor import AuthInterceptor
 from fedgrpc.security.tls import server_credentials_for
 from fedgrpc.statestore import StateStore, open_mongo_statestore, open_statestore
 
@@ -59,6 +63,8 @@ class Controller:
         self.config = config
         self.server: RunningServer | None = None
         self.sessions: SessionManager | None = None
+        # Where the admin token was written (None when auth is off).
+        self.admin_token_path: Path | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -74,6 +80,15 @@ class Controller:
         )
         await asyncio.to_thread(_mark_everything_offline, self.store)
         self.network = network
+        interceptors: list[AuthInterceptor] = []
+        if config.auth:
+            authority = await TokenAuthority.open(config.data_dir, self.store, network.registry)
+            network.authority = authority
+            interceptors.append(AuthInterceptor(authority.verifier, ServerKind.CONTROLLER))
+            self.admin_token_path = authority.admin_token_path
+            log.info("admin token: %s", authority.admin_token_path)
+        else:
+            log.warning("authentication is OFF: anyone who reaches this controller may call it")
         self.sessions = SessionManager(network)
         self.api = ControlAPI(network, self.sessions)
         services = [
@@ -99,6 +114,7 @@ class Controller:
             port=config.port,
             services=services,
             max_message_size=config.max_message_size,
+            interceptors=interceptors,
             credentials=server_credentials_for(config),
         )
         self.api.address = self.server.address  # what GetClientConfig tells clients to dial

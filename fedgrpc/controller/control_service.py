@@ -11,6 +11,7 @@ from fedgrpc.controller.api import ControlAPI
 from fedgrpc.controller.records import page_args, present_filters, to_message
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
+from fedgrpc.security.limits import validate_requests
 from fedgrpc.statestore import ListResult
 from fedgrpc.transfer import struct_to_dict
 
@@ -39,6 +40,7 @@ def _listed(found: ListResult, response_type: type[Any], record_type: type[Any])
     )
 
 
+@validate_requests
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, api: ControlAPI) -> None:
         self._api = api
@@ -54,7 +56,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             settings["aggregator_kwargs"] = struct_to_dict(request.aggregator_kwargs)
         if request.HasField("client_settings"):
             settings["client_settings"] = struct_to_dict(request.client_settings)
-        session = await self._api.sessions.start(
+        session = await self._api.start_session(
             session_id=request.id or None, name=request.name or None, settings=settings
         )
         return to_message(session, pb.Session)
@@ -62,7 +64,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def ContinueSession(
         self, request: pb.ContinueSessionRequest, context: Context
     ) -> pb.Session:
-        session = await self._api.sessions.continue_session(
+        session = await self._api.continue_session(
             request.session_id,
             rounds=request.rounds if request.HasField("rounds") else None,
             round_timeout=request.round_timeout if request.HasField("round_timeout") else None,
@@ -70,14 +72,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return to_message(session, pb.Session)
 
     async def StopSession(self, request: pb.StopSessionRequest, context: Context) -> pb.Session:
-        return to_message(await self._api.sessions.stop(request.session_id), pb.Session)
+        return to_message(await self._api.stop_session(request.session_id), pb.Session)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
-        return to_message(await self._api.get("sessions", request.id), pb.Session)
+        return to_message(await self._api.get_session(request.id), pb.Session)
 
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Context) -> Any:
-        found = await self._api.list(
-            "sessions", **page_args(request.page), **present_filters(request, ("status",))
+        found = await self._api.list_sessions(
+            **page_args(request.page), **present_filters(request, ("status",))
         )
         return _listed(found, pb.ListSessionsResponse, pb.Session)
 
@@ -209,3 +211,21 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: pb.GetClientConfigRequest, context: Context
     ) -> pb.ClientConfig:
         return to_message(await self._api.client_config(checksum=request.checksum), pb.ClientConfig)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        created = await self._api.create_token(
+            role=request.role,
+            subject=request.subject,
+            expires_in=request.expires_in if request.HasField("expires_in") else None,
+            scope=request.scope or None,
+        )
+        return pb.CreateTokenResponse(**created)
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: Context
+    ) -> pb.RevokeTokenResponse:
+        return pb.RevokeTokenResponse(**await self._api.revoke_token(request.token_id))

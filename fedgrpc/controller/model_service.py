@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from fedgrpc.controller.network import Network
+from fedgrpc.controller.scope import caller_scope, in_scope
 from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.security.limits import validate_fields, validate_requests
 from fedgrpc.transfer import ReceivedModel, receive_model
 
 
+@validate_requests
 class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
     def __init__(self, network: Network) -> None:
         self._network = network
@@ -45,6 +48,7 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)
 
     def _check_header(self, header: model_pb2.ModelHeader) -> None:
+        validate_fields(header)
         if header.model_id:
             validate_model_id(header.model_id)
         if header.round_id and ("round", header.round_id) not in self._network.registry.collectors:
@@ -67,13 +71,16 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
             name=name,
             size=stored.size,
             sha256=stored.sha256,
+            scope=caller_scope(),
         )
         return model_id, stored
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ModelChunk]:
-        record = await asyncio.to_thread(self._network.store.models.get, request.model_id)
+        record = in_scope(
+            await asyncio.to_thread(self._network.store.models.get, request.model_id), "model"
+        )
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedgrpc.config import ControllerConfig
 from fedgrpc.controller.registry import CombinerLinkState, CombinerRegistry
@@ -14,6 +14,9 @@ from fedgrpc.modelstore import ModelStore
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.statestore import StateStore, now_iso
 from fedgrpc.transfer import struct_to_dict
+
+if TYPE_CHECKING:
+    from fedgrpc.controller.tokens import TokenAuthority
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class Network:
         self.registry = registry
         self.writer = writer
         self.clients_changed = asyncio.Condition()
+        # Issues and revokes tokens; None when the controller runs without authentication.
+        self.authority: TokenAuthority | None = None
         self._pending_notifications: set[asyncio.Task[None]] = set()
 
     async def register(self, registration: network_pb2.RegisterCombiner) -> CombinerLinkState:

@@ -264,6 +264,7 @@ class SessionRunner:
             round_number=round_.number,
             size=stored.size,
             sha256=stored.sha256,
+            scope=self.session.get("scope"),
         )
         await asyncio.to_thread(self.store.models.set_active, model_id)
         fields: dict[str, Any] = {

@@ -89,7 +89,12 @@ class SessionManager:
         return self._task is None or self._task.done()
 
     async def start(
-        self, *, session_id: str | None, name: str | None, settings: Mapping[str, Any]
+        self,
+        *,
+        session_id: str | None,
+        name: str | None,
+        settings: Mapping[str, Any],
+        scope: str | None = None,
     ) -> Record:
         async with self._lock:
             self._ensure_idle()
@@ -105,6 +110,7 @@ class SessionManager:
                 rounds_completed=0,
                 rounds_planned=int(config["rounds"]),
                 reason="",
+                scope=scope,
             )
             self._launch(session)
             return session

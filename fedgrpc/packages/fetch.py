@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+import grpc
+
 from fedgrpc.errors import FedgrpcError, Unavailable
 from fedgrpc.packages.archive import DEFAULT_LIMITS, PackageLimits
 from fedgrpc.packages.extract import extract_package
@@ -42,12 +44,16 @@ async def fetch_package(
     max_message_size: int,
     package_id: str = "",
     limits: PackageLimits = DEFAULT_LIMITS,
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
 ) -> Path:
     """The extracted directory of a package from ``controller`` (the active one by default).
 
     Refusals keep their error type and say which package was refused and why.
     """
-    channel = open_channel(controller, max_message_size=max_message_size)
+    channel = open_channel(
+        controller, max_message_size=max_message_size, credentials=credentials, token=token
+    )
     try:
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)

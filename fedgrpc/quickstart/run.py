@@ -1,9 +1,10 @@
 """``fedgrpc run``: a whole local network training the digits task, then a comparison.
 
-Starts a controller (embedded statestore), one combiner and N client processes, uploads the
-seed model, runs a session, prints one line per round, and ends with the federated model's
-test accuracy next to the best single client trained alone on its own shard for as many
-epochs. Every process it started is stopped on the way out, also on Ctrl-C.
+Starts a controller (embedded statestore), one combiner and N client processes (each with a
+token minted from the controller's key), uploads the seed model, runs a session, prints one
+line per round, and ends with the federated model's test accuracy next to the best single
+client trained alone on its own shard for as many epochs. Every process it started is stopped
+on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.quickstart import digits
 from fedgrpc.rpc.server import message_size_options
+from fedgrpc.security.bearer import bearer_channel
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import dict_to_struct, model_stream
 
 FAST_LINKS = {"HEARTBEAT_INTERVAL": "1", "HEARTBEAT_TIMEOUT": "10"}
@@ -59,9 +63,10 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> RunResult:
         logs = data_dir / "logs"
         say(f"starting a controller, a combiner and {options.clients} clients (logs: {logs})")
         controller = _start_network(options, data_dir, daemons)
-        channel = stack.enter_context(
+        plain = stack.enter_context(
             grpc.insecure_channel(controller.address, options=message_size_options(64 << 20))
         )
+        channel = bearer_channel(plain, read_admin_token(data_dir / "controller"))
         control = control_pb2_grpc.ControlServiceStub(channel)
         _wait_for_clients(control, options.clients, daemons)
         _upload_seed(channel, control)
@@ -83,7 +88,10 @@ def _start_network(options: RunOptions, data_dir: Path, daemons: list[Daemon]) -
         env=controller_env,
     )
     daemons.append(controller)
+    # Tokens go to the daemons through their environment (not argv, which `ps` shows).
+    keys = data_dir / "controller"
     combiner_env = {f"FEDGRPC_COMBINER_{k}": v for k, v in FAST_LINKS.items()}
+    combiner_env["FEDGRPC_COMBINER_TOKEN"] = mint_token(keys, "combiner-0", Role.COMBINER)
     daemons.append(
         start_daemon(
             "combiner",
@@ -97,6 +105,7 @@ def _start_network(options: RunOptions, data_dir: Path, daemons: list[Daemon]) -
             "FEDGRPC_QUICKSTART_CLIENT": str(index),
             "FEDGRPC_QUICKSTART_CLIENTS": str(options.clients),
             "FEDGRPC_CLIENT_HEARTBEAT_INTERVAL": "1",
+            "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"client-{index}", Role.CLIENT),
         }
         args = ["client", "start", "--controller", controller.address]
         args += ["--name", f"client-{index}", "--entry", "fedgrpc.quickstart.digits"]

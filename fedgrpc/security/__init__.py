@@ -11,6 +11,7 @@ Wiring in a daemon (see each module for details)::
 from fedgrpc.security.authz import AUTHORIZATION, ServerKind, allowed_roles, is_public
 from fedgrpc.security.bearer import (
     bearer_call_credentials,
+    bearer_channel,
     bearer_interceptors,
     bearer_metadata,
     bearer_token,
@@ -21,6 +22,8 @@ from fedgrpc.security.keystore import (
     bootstrap_admin_token,
     controller_verifier,
     load_or_create_keypair,
+    mint_token,
+    read_admin_token,
     verifier_from_file,
 )
 from fedgrpc.security.limits import validate_id, validate_metadata_size, validate_name
@@ -49,6 +52,7 @@ __all__ = [
     "TokenVerifier",
     "allowed_roles",
     "bearer_call_credentials",
+    "bearer_channel",
     "bearer_interceptors",
     "bearer_metadata",
     "bearer_token",
@@ -61,7 +65,9 @@ __all__ = [
     "issue_certificate",
     "load_or_create_keypair",
     "load_public_key",
+    "mint_token",
     "peer_identity",
+    "read_admin_token",
     "require_claims",
     "server_credentials",
     "validate_id",

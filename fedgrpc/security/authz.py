@@ -89,6 +89,8 @@ _CONTROLLER_TABLE: dict[str, frozenset[Role]] = {
     ),
     # Clients fetch their configuration and the compute package they run.
     **_rows(_CONTROL, _USER | _CLIENT, "GetClientConfig", "DownloadPackage"),
+    # Only admins hand out and revoke tokens.
+    **_rows(_CONTROL, _NOBODY, "CreateToken", "RevokeToken"),
     **_rows(_NETWORK, _COMBINER_ROLE, "CombinerLink"),
     **_rows(_NETWORK, _CLIENT, "AssignCombiner"),
     # Users upload seed models and download results; combiners fetch globals, send partials.

@@ -98,3 +98,63 @@ def bearer_interceptors(token: str | Callable[[], str]) -> list[grpc.aio.ClientI
     One per call kind: grpc.aio files each interceptor under the first kind it implements.
     """
     return [_UnaryUnary(token), _UnaryStream(token), _StreamUnary(token), _StreamStream(token)]
+
+
+class _SyncBearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """The same for synchronous channels (one object serves the four call kinds)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = bearer_metadata(token)
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(key == AUTHORIZATION_KEY for key, _ in metadata):
+            metadata.extend(self._metadata)
+        return _SyncDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _SyncDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(
+        self,
+        method: str,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+def bearer_channel(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """A synchronous ``channel`` whose every call carries ``token`` (unchanged without one)."""
+    return grpc.intercept_channel(channel, _SyncBearer(token)) if token else channel

@@ -23,7 +23,8 @@ from fedgrpc.rpc.server import HANDLER_FACTORIES
 from fedgrpc.security.authz import ServerKind, is_allowed, is_public
 from fedgrpc.security.bearer import bearer_token
 from fedgrpc.security.ratelimit import DEFAULT_MAX_STREAMS, FailureLimiter, StreamLimiter
-from fedgrpc.security.tokens import Claims, TokenVerifier
+from fedgrpc.security.revocation import Verifier
+from fedgrpc.security.tokens import Claims
 
 # The verified claims of the call being handled; None where auth is off or for public calls.
 # Each grpc.aio call runs in its own task (a copy of the context), so the value never leaks
@@ -54,7 +55,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(
         self,
-        verifier: TokenVerifier,
+        verifier: Verifier,
         server: ServerKind,
         *,
         scope: str | None = None,

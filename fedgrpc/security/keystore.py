@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fedgrpc.errors import Unauthenticated
+from fedgrpc.errors import NotFound, Unauthenticated
 from fedgrpc.security._files import PathLike, write_file
 from fedgrpc.security.tokens import KeyPair, Role, TokenIssuer, TokenVerifier, load_public_key
 
@@ -80,3 +80,29 @@ def _still_valid(token_path: Path, pair: KeyPair) -> bool:
     except (Unauthenticated, OSError, UnicodeDecodeError):
         return False
     return True
+
+
+def read_admin_token(data_dir: PathLike) -> str:
+    """The admin token the controller wrote into ``data_dir`` at its first start."""
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise NotFound(
+            f"no admin token at {path}: start the controller with this data directory first"
+        ) from exc
+
+
+def mint_token(
+    data_dir: PathLike,
+    subject: str,
+    role: Role | str,
+    *,
+    scope: str | None = None,
+    expires_in: float | None = None,
+) -> str:
+    """A token signed with the key of the controller whose data directory is ``data_dir``
+    (the key pair is made when absent). For operators, ``fedgrpc run`` and test fixtures."""
+    return TokenIssuer(load_or_create_keypair(data_dir)).issue(
+        subject, role, scope=scope, expires_in=expires_in
+    )

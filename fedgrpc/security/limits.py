@@ -7,7 +7,11 @@ characters (no log forging), no leading dot (no hidden files, no ``..``).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -43,3 +47,107 @@ def validate_metadata_size(
     size = message.ByteSize()
     if size > limit:
         raise ResourceExhausted(f"{field}: {size} bytes serialized, the limit is {limit}")
+
+
+# Request fields that hold names or ids (checked by :func:`validate_fields`); free text such
+# as messages, descriptions, addresses and checksums is not among them.
+_NAME_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "subject",
+        "scope",
+        "role",
+        "status",
+        "aggregator",
+        "helper",
+        "event_type",
+        "log_level",
+        "sort_key",
+        "preferred_combiner",
+        "round_failure_policy",
+        "file_name",
+        "tags",
+    }
+)
+_NAME_SUFFIXES = ("_id", "_name", "_role")
+
+
+# Display names people choose (a session's "name", FEDn-style "my session"): labels, not
+# identifiers. They may hold spaces but no control characters (no log forging).
+_LABEL_FIELDS = frozenset(
+    {
+        "fedgrpc.control.v1.StartSessionRequest.name",
+        "fedgrpc.control.v1.ListPackagesRequest.name",
+    }
+)
+MAX_LABEL_LENGTH = 256
+
+
+def _is_name_field(name: str) -> bool:
+    return name in _NAME_FIELDS or name.endswith(_NAME_SUFFIXES)
+
+
+def validate_label(value: str, field: str) -> str:
+    """A display name: 1-256 printable characters (spaces allowed)."""
+    if not value or len(value) > MAX_LABEL_LENGTH or not value.isprintable():
+        raise InvalidArgument(
+            f"{field}: must be 1-{MAX_LABEL_LENGTH} printable characters (no control characters)"
+        )
+    return value
+
+
+def validate_fields(message: Message, limit: int = DEFAULT_METADATA_LIMIT) -> None:
+    """Check every name/id field of a request (non-empty ones; nested messages too) with
+    :func:`validate_name`, and every ``google.protobuf.Struct`` with
+    :func:`validate_metadata_size`. Raises before anything is read or written."""
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            if field.message_type.full_name == "google.protobuf.Struct":
+                validate_metadata_size(value, field.name, limit)
+            else:
+                for item in value if field.is_repeated else [value]:
+                    validate_fields(item, limit)
+        elif field.type == field.TYPE_STRING and field.full_name in _LABEL_FIELDS:
+            if value:
+                validate_label(value, field.name)
+        elif field.type == field.TYPE_STRING and _is_name_field(field.name):
+            items = value if field.is_repeated else [value]
+            for item in items:
+                if item:
+                    validate_name(item, field.name)
+
+
+_S = TypeVar("_S", bound=type)
+
+
+def validate_requests(servicer: _S) -> _S:
+    """Class decorator for a servicer: every method taking one request message (unary or
+    server-streaming) checks it with :func:`validate_fields` before it runs. Methods reading a
+    request stream check their messages themselves (see the combiner and network servicers)."""
+    for name, method in list(vars(servicer).items()):
+        if name.startswith("_") or not callable(method):
+            continue
+        setattr(servicer, name, _validating(method))
+    return servicer
+
+
+def _validating(method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def checked_stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Message):
+                validate_fields(request)
+            async for response in method(self, request, context):
+                yield response
+
+        return checked_stream
+
+    @functools.wraps(method)
+    async def checked(self: Any, request: Any, context: Any) -> Any:
+        if isinstance(request, Message):
+            validate_fields(request)
+        return await method(self, request, context)
+
+    return checked

@@ -96,13 +96,16 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 
 
 def load_public_key(path: PathLike) -> Ed25519PublicKey:
-    pem = read_file(path, "token public key")
+    return load_public_key_pem(read_file(path, "token public key"), repr(str(path)))
+
+
+def load_public_key_pem(pem: bytes, what: str = "the token public key") -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
-    except ValueError:
-        raise InvalidArgument(f"{str(path)!r} is not a PEM public key") from None
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"{what} is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise InvalidArgument(f"{str(path)!r} is not an Ed25519 public key")
+        raise InvalidArgument(f"{what} is not an Ed25519 public key")
     return key
 
 

@@ -15,6 +15,7 @@ from .repositories import (
     ListResult,
     NamedRepository,
     Repository,
+    RevocationRepository,
     RoundRepository,
     SessionRepository,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PackageRepository",
     "Record",
     "Repository",
+    "RevocationRepository",
     "RoundRepository",
     "SessionRepository",
     "SortOrder",

@@ -47,7 +47,7 @@ class ModelRepository(ActiveRecordRepository):
     spec = CollectionSpec(
         name="models",
         noun="model",
-        filter_keys=("session_id", "parent_model", "name"),
+        filter_keys=("session_id", "parent_model", "name", "scope"),
         sort_keys=("name", "round_number", "session_id"),
     )
     active_key = "active_model"

@@ -130,7 +130,7 @@ class SessionRepository(Repository):
     spec = CollectionSpec(
         name="sessions",
         noun="session",
-        filter_keys=("status", "name"),
+        filter_keys=("status", "name", "scope"),
         sort_keys=("name", "status"),
     )
 
@@ -171,6 +171,31 @@ class RoundRepository(Repository):
         if found is None:
             raise NotFound(f"round {round_number} of session '{session_id}' not found")
         return found
+
+
+class RevocationRepository(Repository):
+    """Revoked token ids (a token's ``jti``): once here, a token is refused everywhere."""
+
+    spec = CollectionSpec(
+        name="revoked_tokens",
+        noun="revoked token",
+        filter_keys=("token_id", "subject", "role"),
+        sort_keys=("token_id",),
+        unique=(("token_id",),),
+    )
+
+    def revoke(self, token_id: str, **fields: Any) -> Record:
+        """Record ``token_id`` as revoked; revoking it again keeps one record (idempotent)."""
+        require_text(token_id, "token_id", self.spec.noun)
+        return self._collection.upsert({"token_id": token_id}, fields)
+
+    def is_revoked(self, token_id: str) -> bool:
+        return self._collection.find_one({"token_id": token_id}) is not None
+
+    def token_ids(self) -> list[str]:
+        """Every revoked id (the list combiners get when they register)."""
+        found = self._collection.list({}, limit=None, skip=0, sort_key="token_id", sort_order="asc")
+        return [str(record["token_id"]) for record in found]
 
 
 class KeyValueStore:

@@ -20,6 +20,7 @@ from .repositories import (
     ClientRepository,
     CombinerRepository,
     KeyValueStore,
+    RevocationRepository,
     RoundRepository,
     SessionRepository,
 )
@@ -45,6 +46,7 @@ class StateStore:
         self.statuses = StatusRepository(backend.collection(StatusRepository.spec))
         self.validations = ValidationRepository(backend.collection(ValidationRepository.spec))
         self.metrics = MetricRepository(backend.collection(MetricRepository.spec))
+        self.revocations = RevocationRepository(backend.collection(RevocationRepository.spec))
 
     @property
     def backend(self) -> str:

@@ -168,7 +168,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 @pytest.fixture(scope="session")
 def api(network: Network) -> Iterator[APIClient]:
-    with APIClient(network.address) as client:
+    with APIClient(network.address, token=network.local.admin_token) as client:
         yield client
 
 

@@ -116,10 +116,11 @@ def test_unreachable_controller_is_unavailable(network: Network) -> None:
 
 def test_address_forms_reach_the_same_controller(network: Network) -> None:
     host, port = network.address.rsplit(":", 1)
+    token = network.local.admin_token
     for api in (
-        APIClient(network.address),
-        APIClient(host, port=int(port)),
-        APIClient(f"grpc://{network.address}"),
+        APIClient(network.address, token=token),
+        APIClient(host, port=int(port), token=token),
+        APIClient(f"grpc://{network.address}", token=token),
     ):
         with api:
             assert api.port == int(port)

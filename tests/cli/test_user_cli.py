@@ -10,14 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fedgrpc import APIClient
 from fedgrpc.cli import main
+from fedgrpc.errors import Unauthenticated
 from fedgrpc.launch import Daemon, start_daemon
 from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -37,27 +41,36 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A controller, a combiner and two clients (tests.e2e.clients) as processes."""
     base = tmp_path_factory.mktemp("cli-network")
     logs = base / "logs"
+    keys = base / "data"
     daemons: list[Daemon] = []
+    patch = pytest.MonkeyPatch()
     try:
         daemons.append(
             start_daemon(
                 "controller",
-                ["controller", "start", "--port", "0", "--data-dir", str(base / "data")],
+                ["controller", "start", "--port", "0", "--data-dir", str(keys)],
                 log_dir=logs,
                 env=FAST,
             )
         )
         address = daemons[0].address
+        # What an operator does: export the admin token for the CLI and APIClient.
+        patch.setenv("FEDGRPC_AUTH_TOKEN", read_admin_token(keys))
+        combiner_token = mint_token(keys, "comb-a", Role.COMBINER)
         daemons.append(
             start_daemon(
                 "combiner",
                 ["combiner", "start", "--controller", address, "--name", "comb-a"],
                 log_dir=logs,
-                env=FAST,
+                env={**FAST, "FEDGRPC_COMBINER_TOKEN": combiner_token},
             )
         )
         for index in range(2):
-            env = {**FAST, "FEDGRPC_TEST_CLIENT_INDEX": str(index)}
+            env = {
+                **FAST,
+                "FEDGRPC_TEST_CLIENT_INDEX": str(index),
+                "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"c{index}", Role.CLIENT),
+            }
             args = ["client", "start", "--controller", address, "--name", f"c{index}"]
             daemons.append(
                 start_daemon(
@@ -73,6 +86,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for daemon in reversed(daemons):
             daemon.stop()
+        patch.undo()
 
 
 def cli(controller: str, *args: str) -> Any:
@@ -211,3 +225,23 @@ def test_network_and_package_commands(controller: str, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert target.read_bytes() == tarball.read_bytes()
+
+
+def test_tokens_are_created_and_revoked_through_the_cli(controller: str) -> None:
+    runner = CliRunner()
+    args = ["--role", "user", "--subject", "analyst", "--expires", "1h", "--controller", controller]
+    created = runner.invoke(main, ["token", "create", *args])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    token_id = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert token_id in created.stderr
+    with APIClient(controller, token=token) as api:
+        assert api.get_controller_status()["clients_online"] == 2
+    revoked = runner.invoke(main, ["token", "revoke", token_id, "--controller", controller])
+    assert revoked.exit_code == 0, revoked.output
+    with APIClient(controller, token=token) as api, pytest.raises(Unauthenticated):
+        api.get_controller_status()
+    # The revoked token is refused for everything: one line, non-zero exit.
+    refused = runner.invoke(main, ["token", "create", *args, "--token", token])
+    assert refused.exit_code != 0
+    assert "UNAUTHENTICATED" in refused.output

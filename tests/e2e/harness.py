@@ -26,6 +26,9 @@ from fedgrpc.model.serialization import dump_model, load_model, named_to_list
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.security.bearer import bearer_channel
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 from tests.e2e import clients as test_clients
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +121,8 @@ class Cluster:
         self.marker_dir = root / "markers"
         self.marker_dir.mkdir(exist_ok=True)
         self.daemons: list[Daemon] = []
+        # The data directory of the controller started last: its key signs every token.
+        self.keys = root / "controller-data"
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("FEDGRPC_")}
         python_path = [str(REPO_ROOT), *filter(None, [inherited.get("PYTHONPATH")])]
         self.env = {
@@ -146,16 +151,25 @@ class Cluster:
         self, *, data_dir: Path | None = None, port: int = 0, label: str = "controller"
     ) -> Daemon:
         data_dir = data_dir or self.root / "controller-data"
+        self.keys = data_dir
         args = ["controller", "start", "--port", str(port), "--data-dir", str(data_dir)]
         daemon = self.spawn(label, args)
         wait_ready(daemon)
         return daemon
+
+    @property
+    def admin_token(self) -> str:
+        return read_admin_token(self.keys)
+
+    def token(self, role: Role, subject: str) -> str:
+        return mint_token(self.keys, subject, role)
 
     def start_combiners(self, controller: str, names: Iterable[str]) -> list[Daemon]:
         started = [
             self.spawn(
                 name,
                 ["combiner", "start", "--controller", controller, "--name", name, "--port", "0"],
+                {"FEDGRPC_COMBINER_TOKEN": self.token(Role.COMBINER, name)},
             )
             for name in names
         ]
@@ -171,6 +185,7 @@ class Cluster:
                 test_clients.BEHAVIOUR_ENV: spec.behaviour,
                 test_clients.TRAIN_SECONDS_ENV: str(spec.train_seconds),
                 test_clients.MARKER_DIR_ENV: str(self.marker_dir),
+                "FEDGRPC_CLIENT_TOKEN": self.token(Role.CLIENT, spec.name),
             }
             args = ["client", "start", "--controller", controller, "--name", spec.name]
             started[spec.name] = self.spawn(spec.name, [*args, "--entry", "tests.e2e.clients"], env)
@@ -203,14 +218,14 @@ class Cluster:
 class ControlClient:
     """A thin synchronous wrapper over the controller's ControlService and ModelService."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        self.channel = bearer_channel(grpc.insecure_channel(address), token)
         self.control = control_pb2_grpc.ControlServiceStub(self.channel)
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        self.channel.close()  # closes the underlying channel too
 
     # models
 

@@ -47,7 +47,7 @@ def restart_run(module_cluster: Cluster) -> Iterator[RestartRun]:
     controller = cluster.start_controller(data_dir=data_dir, port=port)
     address = controller.address
     assert address.endswith(f":{port}")
-    api = ControlClient(address)
+    api = ControlClient(address, cluster.admin_token)
     try:
         cluster.start_combiners(address, ["combiner-a", "combiner-b"])
         api.wait_combiners_online(2)
@@ -77,7 +77,7 @@ def restart_run(module_cluster: Cluster) -> Iterator[RestartRun]:
 
     restarted = cluster.start_controller(data_dir=data_dir, port=port, label="controller-again")
     assert restarted.address == address
-    api = ControlClient(address)
+    api = ControlClient(address, cluster.admin_token)
     try:
         ended = api.wait_session_end(session.id, timeout=90)
         yield RestartRun(api=api, seed_id=seed_id, session=ended, rounds=api.rounds(session.id))

@@ -37,15 +37,15 @@ def api_clients() -> collections.abc.Iterator[list[ControlClient]]:
         client.close()
 
 
-def connect(opened: list[ControlClient], address: str) -> ControlClient:
-    api = ControlClient(address)
+def connect(opened: list[ControlClient], cluster: Cluster, address: str) -> ControlClient:
+    api = ControlClient(address, cluster.admin_token)
     opened.append(api)
     return api
 
 
 def test_fedavg_over_two_combiners(cluster: Cluster, api_clients: list[ControlClient]) -> None:
     controller = cluster.start_controller()
-    api = connect(api_clients, controller.address)
+    api = connect(api_clients, cluster, controller.address)
     cluster.start_combiners(controller.address, ["combiner-a", "combiner-b"])
     api.wait_combiners_online(2)
     names = [f"c{i}" for i in range(4)]
@@ -111,7 +111,7 @@ def test_fedavg_over_two_combiners(cluster: Cluster, api_clients: list[ControlCl
 
 def test_client_killed_mid_round(cluster: Cluster, api_clients: list[ControlClient]) -> None:
     controller = cluster.start_controller()
-    api = connect(api_clients, controller.address)
+    api = connect(api_clients, cluster, controller.address)
     cluster.start_combiners(controller.address, ["combiner-a"])
     api.wait_combiners_online(1)
     clients = cluster.start_clients(
@@ -157,7 +157,7 @@ def test_client_killed_mid_round(cluster: Cluster, api_clients: list[ControlClie
 
 def test_combiner_killed_clients_move(cluster: Cluster, api_clients: list[ControlClient]) -> None:
     controller = cluster.start_controller()
-    api = connect(api_clients, controller.address)
+    api = connect(api_clients, cluster, controller.address)
     combiners = cluster.start_combiners(controller.address, ["combiner-a", "combiner-b"])
     api.wait_combiners_online(2)
     names = {f"c{i}" for i in range(4)}
@@ -211,7 +211,7 @@ def test_combiner_killed_clients_move(cluster: Cluster, api_clients: list[Contro
 
 def test_train_that_raises(cluster: Cluster, api_clients: list[ControlClient]) -> None:
     controller = cluster.start_controller()
-    api = connect(api_clients, controller.address)
+    api = connect(api_clients, cluster, controller.address)
     cluster.start_combiners(controller.address, ["combiner-a"])
     api.wait_combiners_online(1)
     clients = cluster.start_clients(

@@ -1,5 +1,6 @@
-"""Mutual TLS end to end, daemons as processes: a session with TLS everywhere, a client with a
-certificate from another CA refused fast, a plaintext client kept out."""
+"""Mutual TLS and tokens end to end, daemons as processes: a session with TLS and tokens
+everywhere, a client with a certificate from another CA refused fast, a plaintext client kept
+out, a certificate without a token refused."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from click.testing import CliRunner
 
 from fedgrpc import APIClient
 from fedgrpc.cli import main
+from fedgrpc.errors import Unauthenticated
 from fedgrpc.launch import Daemon, start_daemon
 from fedgrpc.model.serialization import dump_model
+from fedgrpc.security.keystore import mint_token, read_admin_token
 from tests.e2e.harness import FAST_SETTINGS, REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -60,17 +63,25 @@ def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path, list[Daemon]]]:
     logs = tmp_path / "logs"
     daemons: list[Daemon] = []
     server_tls = [*mtls(ours, "server"), "--require-client-cert"]
+    keys = tmp_path / "data"
     try:
-        args = ["controller", "start", "--port", "0", "--data-dir", str(tmp_path / "data")]
+        args = ["controller", "start", "--port", "0", "--data-dir", str(keys)]
         daemons.append(start_daemon("controller", [*args, *server_tls], log_dir=logs, env=ENV))
         address = daemons[0].address
         combiner = ["combiner", "start", "--controller", address, "--name", "combiner"]
         combiner_tls = [*mtls(ours, "combiner"), "--require-client-cert"]
-        daemons.append(start_daemon("combiner", [*combiner, *combiner_tls], log_dir=logs, env=ENV))
+        combiner_env = {**ENV, "FEDGRPC_COMBINER_TOKEN": mint_token(keys, "combiner", "combiner")}
+        daemons.append(
+            start_daemon("combiner", [*combiner, *combiner_tls], log_dir=logs, env=combiner_env)
+        )
         for index in range(2):
             client = ["client", "start", "--controller", address, "--name", f"c{index}"]
             client += ["--entry", "tests.e2e.clients", *mtls(ours, f"c{index}")]
-            env = {**ENV, "FEDGRPC_TEST_CLIENT_INDEX": str(index)}
+            env = {
+                **ENV,
+                "FEDGRPC_TEST_CLIENT_INDEX": str(index),
+                "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"c{index}", "client"),
+            }
             daemons.append(start_daemon(f"c{index}", client, log_dir=logs, env=env))
         yield address, ours, theirs, daemons
     finally:
@@ -78,10 +89,11 @@ def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path, list[Daemon]]]:
             daemon.stop()
 
 
-def operator(address: str, ca: Path) -> APIClient:
+def operator(address: str, ca: Path, token: str | None) -> APIClient:
     return APIClient(
         address,
         secure=True,
+        token=token,
         root_certificates=(ca / "ca.pem").read_bytes(),
         certificate_chain=(ca / "operator.pem").read_bytes(),
         private_key=(ca / "operator.key").read_bytes(),
@@ -99,7 +111,11 @@ def test_session_with_mutual_tls_everywhere(
     network: tuple[str, Path, Path, list[Daemon]], tmp_path: Path
 ) -> None:
     address, ours, _, _ = network
-    with operator(address, ours) as api:
+    admin = read_admin_token(tmp_path / "data")
+    # A certificate from our CA is not enough: without a token every call is refused.
+    with operator(address, ours, None) as api, pytest.raises(Unauthenticated):
+        api.get_controller_status()
+    with operator(address, ours, admin) as api:
         wait_until(lambda: api.get_controller_status()["clients_online"] == 2, 30, "clients")
         seed = tmp_path / "seed.safetensors"
         seed.write_bytes(dump_model([np.zeros(4, dtype=np.float32)]))
@@ -156,6 +172,6 @@ def test_untrusted_and_plaintext_clients_are_kept_out(
         wait_until(
             lambda d=refused: "reconnecting" in d.log_tail(60), 30, f"{refused.name} refused"
         )
-    with operator(address, ours) as api:
+    with operator(address, ours, read_admin_token(tmp_path / "data")) as api:
         names = {c["name"] for c in api.get_clients()["result"]}
     assert names == {"c0", "c1"}

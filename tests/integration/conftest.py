@@ -21,6 +21,8 @@ from fedgrpc.proto.common.v1 import common_pb2
 from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.keystore import mint_token
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import download_model, upload_model
 
 FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}
@@ -52,14 +54,27 @@ class LocalNetwork:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.channel = open_channel(self.controller.address, max_message_size=64 << 20)
+        self.admin_token = self.token(Role.ADMIN, "admin")
+        self.channel = open_channel(
+            self.controller.address, max_message_size=64 << 20, token=self.admin_token
+        )
         self.control = control_pb2_grpc.ControlServiceStub(self.channel)
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
 
+    def token(self, role: Role, subject: str, *, scope: str | None = None) -> str:
+        """A token signed with this controller's key (empty when its auth is off)."""
+        if not self.controller.config.auth:
+            return ""
+        return mint_token(self.controller.config.data_dir, subject, role, scope=scope)
+
     async def add_combiner(self, name: str, **overrides: Any) -> Combiner:
-        config = CombinerConfig(
-            controller=self.controller.address, name=name, **{**FAST, **overrides}
-        )
+        settings: dict[str, Any] = {
+            "token": self.token(Role.COMBINER, name) or None,
+            "auth": self.controller.config.auth,
+            **FAST,
+            **overrides,
+        }
+        config = CombinerConfig(controller=self.controller.address, name=name, **settings)
         combiner = Combiner(config)
         await combiner.start()
         self.combiners.append(combiner)
@@ -75,13 +90,14 @@ class LocalNetwork:
         validate: Callable[..., Any] | None = None,
         **overrides: Any,
     ) -> Client:
+        settings: dict[str, Any] = {"token": self.token(Role.CLIENT, name) or None, **overrides}
         config = ClientConfig(
             controller=self.controller.address,
             name=name,
             heartbeat_interval=0.2,
             reconnect_base_delay=0.05,
             reconnect_max_delay=0.5,
-            **overrides,
+            **settings,
         )
         client = Client(config=config, train=train, validate=validate)
         self.clients.append(client)

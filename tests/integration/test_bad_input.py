@@ -11,9 +11,11 @@ import pytest
 
 from fedgrpc.model.serialization import dump_model
 from fedgrpc.proto.control.v1 import control_pb2
+from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import model_stream
 from tests.integration.conftest import LocalNetwork, shift_train
 
@@ -154,7 +156,9 @@ async def test_update_for_unknown_task_is_refused_by_combiner(local_network: Loc
     net = local_network
     combiner = await net.add_combiner("alpha")
     await net.add_client("n0", shift_train(1.0))
-    channel = open_channel(combiner.address, max_message_size=16 << 20)
+    channel = open_channel(
+        combiner.address, max_message_size=16 << 20, token=net.token(Role.CLIENT, "n0")
+    )
     try:
         stub = model_pb2_grpc.ModelServiceStub(channel)
         header = model_pb2.ModelHeader(task_id="forged")
@@ -183,3 +187,36 @@ async def test_link_must_start_with_registration(local_network: LocalNetwork) ->
 
     call = stub.CombinerLink(not_a_registration())
     await expect_status(call.read(), CODE.INVALID_ARGUMENT, "registration")
+
+
+async def test_bad_names_ids_and_metadata_are_refused_before_anything_is_written(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    control = net.control
+    bad = "../escape"
+    calls = [
+        control.GetSession(pb.GetSessionRequest(id=bad)),
+        control.StartSession(pb.StartSessionRequest(id="x" * 200)),
+        control.StartSession(pb.StartSessionRequest(name="a\nforged log line")),
+        control.SetActiveModel(pb.SetActiveModelRequest(model_id=bad)),
+        control.ListStatuses(pb.ListStatusesRequest(sender_name="a\nforged log line")),
+        control.CreateToken(pb.CreateTokenRequest(role="client", subject=bad)),
+    ]
+    for call in calls:
+        await expect_status(call, CODE.INVALID_ARGUMENT)
+    huge = pb.StartSessionRequest(rounds=1)
+    huge.client_settings.update({"blob": "x" * (65 * 1024)})
+    await expect_status(control.StartSession(huge), CODE.RESOURCE_EXHAUSTED, "client_settings")
+    assign = network_pb2_grpc.NetworkServiceStub(net.channel).AssignCombiner(
+        network_pb2.AssignCombinerRequest(client_name="x", preferred_combiner="a b")
+    )
+    await expect_status(assign, CODE.INVALID_ARGUMENT, "preferred_combiner")
+    header = model_pb2.ModelHeader(model_id="seed")
+    header.metadata.update({"blob": "x" * (65 * 1024)})
+    messages = list(model_stream(dump_model([np.ones(2)]), header=header))
+    await expect_status(raw_upload(net.models, messages), CODE.RESOURCE_EXHAUSTED, "metadata")
+    store = net.controller.store
+    assert store.sessions.count() == 0
+    assert store.models.count() == 0
+    assert stored_files(net) == []

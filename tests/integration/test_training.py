@@ -17,6 +17,7 @@ from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import upload_model
 from tests.integration.conftest import (
     LocalNetwork,
@@ -107,7 +108,9 @@ async def test_buffer_closes_round_and_late_update_is_dropped(local_network: Loc
     net = local_network
     combiner = await net.add_combiner("alpha")
     await net.add_client("fast", shift_train(1.0))
-    channel = open_channel(combiner.address, max_message_size=16 << 20)
+    channel = open_channel(
+        combiner.address, max_message_size=16 << 20, token=net.token(Role.CLIENT, "laggard")
+    )
     outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
     outbox.put_nowait(combiner_pb2.ClientMessage(hello=combiner_pb2.ClientHello(name="laggard")))
 

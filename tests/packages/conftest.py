@@ -17,6 +17,8 @@ from fedgrpc.model.chunking import sha256_hex
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.keystore import mint_token
+from fedgrpc.security.tokens import Role
 from tests.packages.tarballs import BAD_PACKAGES
 
 MAX_MESSAGE = 16 << 20
@@ -38,6 +40,11 @@ class RunningController:
     @property
     def address(self) -> str:
         return self.controller.address
+
+    @property
+    def client_token(self) -> str:
+        """A client token ("site-1") signed with this controller's key."""
+        return mint_token(self.controller.config.data_dir, "site-1", Role.CLIENT)
 
     async def package_count(self) -> int:
         return int((await self.control.ListPackages(pb.ListPackagesRequest())).count)
@@ -76,7 +83,8 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
         settings: dict[str, Any] = {"max_model_size": 32 << 20, **overrides}
         controller = Controller(ControllerConfig(port=0, data_dir=data_dir, **settings))
         await controller.start()
-        channel = open_channel(controller.address, max_message_size=MAX_MESSAGE)
+        admin = mint_token(data_dir, "admin", Role.ADMIN)
+        channel = open_channel(controller.address, max_message_size=MAX_MESSAGE, token=admin)
         started = RunningController(
             controller=controller,
             channel=channel,

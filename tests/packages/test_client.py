@@ -169,7 +169,12 @@ async def test_client_refuses_a_planted_bad_package(
     package_id = controller.plant_package(bad_package_bytes(kind))
     cache = tmp_path / "cache"
     with pytest.raises(BAD_PACKAGES[kind].error) as refused:
-        await fetch_package(controller.address, cache_dir=cache, max_message_size=MAX_MESSAGE)
+        await fetch_package(
+            controller.address,
+            cache_dir=cache,
+            max_message_size=MAX_MESSAGE,
+            token=controller.client_token,
+        )
     message = str(refused.value)
     assert message.startswith(f"refused package {package_id} (planted")
     assert BAD_PACKAGES[kind].says in message
@@ -182,7 +187,10 @@ async def test_client_refuses_a_corrupted_download(
     controller.plant_package(good_tarball(), sha256="0" * 64)  # the bytes changed after upload
     with pytest.raises(DataLoss, match="sha256 mismatch"):
         await fetch_package(
-            controller.address, cache_dir=tmp_path / "cache", max_message_size=MAX_MESSAGE
+            controller.address,
+            cache_dir=tmp_path / "cache",
+            max_message_size=MAX_MESSAGE,
+            token=controller.client_token,
         )
     assert not (tmp_path / "cache").exists()
 
@@ -194,6 +202,7 @@ async def test_cli_client_refuses_a_bad_package_in_one_line(
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "fedgrpc", "client", "start", "--controller", controller.address],
         *["--package-from-controller", "--package-dir", str(tmp_path / "cache")],
+        *["--name", "site-1", "--token", controller.client_token],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -117,7 +117,10 @@ async def test_round_trip_through_the_controller(
     assert (await control.GetActivePackage(pb.GetActivePackageRequest())).id == package.id
 
     directory = await fetch_package(
-        controller.address, cache_dir=tmp_path / "cache", max_message_size=MAX_MESSAGE
+        controller.address,
+        cache_dir=tmp_path / "cache",
+        max_message_size=MAX_MESSAGE,
+        token=controller.client_token,
     )
     assert directory == tmp_path / "cache" / package.sha256
     comparison = filecmp.dircmp(EXAMPLE, directory, ignore=["__pycache__"])

@@ -23,6 +23,9 @@ from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.quickstart import digits
+from fedgrpc.security.bearer import bearer_channel
+from fedgrpc.security.keystore import mint_token, read_admin_token
+from fedgrpc.security.tokens import Role
 from fedgrpc.transfer import model_stream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits-package"
@@ -69,18 +72,21 @@ def test_client_runs_the_controllers_package(tmp_path: Path, daemons: list[Daemo
         env=FAST,
     )
     daemons.append(controller)
+    keys = tmp_path / "controller"
     daemons.append(
         start_daemon(
             "combiner",
             ["combiner", "start", "--controller", controller.address, "--name", "combiner-0"],
             log_dir=logs,
-            env=FAST,
+            env={**FAST, "FEDGRPC_COMBINER_TOKEN": mint_token(keys, "combiner-0", Role.COMBINER)},
         )
     )
-    with grpc.insecure_channel(controller.address) as channel:
+    with grpc.insecure_channel(controller.address) as plain:
+        channel = bearer_channel(plain, read_admin_token(keys))
         control = control_pb2_grpc.ControlServiceStub(channel)
         package = _upload_package(control)
-        daemons.append(_start_client(controller.address, tmp_path / "cache", logs))
+        token = mint_token(keys, "site-1", Role.CLIENT)
+        daemons.append(_start_client(controller.address, tmp_path / "cache", logs, token))
         wait_for(lambda: _clients_online(control) >= 1, daemons, "the client to join")
         _upload_seed(channel, control)
         session = control.StartSession(
@@ -113,9 +119,10 @@ def _upload_package(control: Any) -> pb.Package:
     return package
 
 
-def _start_client(controller: str, cache: Path, logs: Path) -> Daemon:
+def _start_client(controller: str, cache: Path, logs: Path, token: str) -> Daemon:
     args = ["client", "start", "--controller", controller, "--name", "site-1"]
     env = {
+        "FEDGRPC_CLIENT_TOKEN": token,
         "FEDGRPC_QUICKSTART_CLIENT": "0",
         "FEDGRPC_QUICKSTART_CLIENTS": "2",
         "FEDGRPC_CLIENT_HEARTBEAT_INTERVAL": "0.5",

@@ -130,6 +130,12 @@ def build_metric(store: StateStore, i: int) -> Record:
     )
 
 
+def build_revocation(store: StateStore, i: int) -> Record:
+    return store.revocations.revoke(
+        f"jti-{i:02d}", subject=pick("subject", i), role=pick("role", i)
+    )
+
+
 @dataclass(frozen=True)
 class Kind:
     attr: str
@@ -150,6 +156,7 @@ KINDS = [
     Kind("statuses", build_status),
     Kind("validations", build_validation),
     Kind("metrics", build_metric),
+    Kind("revocations", build_revocation),
 ]
 each_kind = pytest.mark.parametrize("kind", KINDS, ids=[kind.attr for kind in KINDS])
 
@@ -563,6 +570,22 @@ def test_models_and_packages_have_separate_active_pointers(store: StateStore) ->
 
 
 # --- kv, events ----------------------------------------------------------------------------
+def test_revocations_are_idempotent_and_listed(store: StateStore) -> None:
+    assert store.revocations.token_ids() == []
+    assert not store.revocations.is_revoked("jti-b")
+    first = store.revocations.revoke("jti-b", subject="site-1", revoked_by="admin")
+    again = store.revocations.revoke("jti-b", revoked_by="other-admin")
+    store.revocations.revoke("jti-a")
+    assert again["id"] == first["id"]
+    assert again["subject"] == "site-1"
+    assert again["revoked_by"] == "other-admin"
+    assert store.revocations.is_revoked("jti-b")
+    assert store.revocations.token_ids() == ["jti-a", "jti-b"]
+    assert store.revocations.count() == 2
+    with pytest.raises(InvalidArgument):
+        store.revocations.revoke("")
+
+
 def test_key_value_settings(store: StateStore) -> None:
     assert store.kv.get_value("round_timeout") is None
     store.kv.set_value("round_timeout", 180)

@@ -209,6 +209,16 @@ class ControlServiceStub:
                 request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.SerializeToString,
                 response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/CreateToken',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/fedgrpc.control.v1.ControlService/RevokeToken',
+                request_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -470,6 +480,22 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Tokens (admin only). Issue a token signed with the controller's key. Errors:
+        INVALID_ARGUMENT for an unknown role, a bad subject or scope, or a bad lifetime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Refuse a token (by its id, the JWT's jti) from now on, on the controller and every
+        combiner. Revoking an id twice is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -647,6 +673,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DownloadAnalysisResult,
                     request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.FromString,
                     response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1594,6 +1630,60 @@ class ControlService:
             '/fedgrpc.control.v1.ControlService/DownloadAnalysisResult',
             fedgrpc_dot_control_dot_v1_dot_control__pb2.DownloadAnalysisResultRequest.SerializeToString,
             fedgrpc_dot_control_dot_v1_dot_control__pb2.AnalysisResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/CreateToken',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedgrpc.control.v1.ControlService/RevokeToken',
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenRequest.SerializeToString,
+            fedgrpc_dot_control_dot_v1_dot_control__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

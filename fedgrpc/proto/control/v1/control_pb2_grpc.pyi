@@ -124,6 +124,14 @@ class ControlServiceStub:
     """The log lines the nodes of an analysis sent (flame_log), oldest first."""
     DownloadAnalysisResult: _grpc.UnaryUnaryMultiCallable[_control_pb2.DownloadAnalysisResultRequest, _control_pb2.AnalysisResult]
     """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateTokenRequest, _control_pb2.CreateTokenResponse]
+    """Tokens (admin only). Issue a token signed with the controller's key. Errors:
+    INVALID_ARGUMENT for an unknown role, a bad subject or scope, or a bad lifetime.
+    """
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeTokenRequest, _control_pb2.RevokeTokenResponse]
+    """Refuse a token (by its id, the JWT's jti) from now on, on the controller and every
+    combiner. Revoking an id twice is not an error.
+    """
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -215,6 +223,14 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """The log lines the nodes of an analysis sent (flame_log), oldest first."""
     DownloadAnalysisResult: _aio.UnaryUnaryMultiCallable[_control_pb2.DownloadAnalysisResultRequest, _control_pb2.AnalysisResult]  # type: ignore[assignment]
     """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
+    CreateToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateTokenRequest, _control_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Tokens (admin only). Issue a token signed with the controller's key. Errors:
+    INVALID_ARGUMENT for an unknown role, a bad subject or scope, or a bad lifetime.
+    """
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeTokenRequest, _control_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Refuse a token (by its id, the JWT's jti) from now on, on the controller and every
+    combiner. Revoking an id twice is not an error.
+    """
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -513,5 +529,25 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.AnalysisResult, _abc.Awaitable[_control_pb2.AnalysisResult]]:
         """The final result the aggregator submitted. NOT_FOUND when there is none (yet)."""
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _control_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateTokenResponse, _abc.Awaitable[_control_pb2.CreateTokenResponse]]:
+        """Tokens (admin only). Issue a token signed with the controller's key. Errors:
+        INVALID_ARGUMENT for an unknown role, a bad subject or scope, or a bad lifetime.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _control_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RevokeTokenResponse, _abc.Awaitable[_control_pb2.RevokeTokenResponse]]:
+        """Refuse a token (by its id, the JWT's jti) from now on, on the controller and every
+        combiner. Revoking an id twice is not an error.
+        """
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

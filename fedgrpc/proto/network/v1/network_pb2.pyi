@@ -451,6 +451,7 @@ class ControllerCommand(_message.Message):
     RECEIPT_FIELD_NUMBER: _builtins.int
     START_ANALYSIS_FIELD_NUMBER: _builtins.int
     STOP_ANALYSIS_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___CombinerRegistered: ...
     @_builtins.property
@@ -474,6 +475,10 @@ class ControllerCommand(_message.Message):
     def start_analysis(self) -> _messaging_pb2.AnalysisTask: ...
     @_builtins.property
     def stop_analysis(self) -> _messaging_pb2.StopAnalysis: ...
+    @_builtins.property
+    def revoked(self) -> Global___TokenRevoked:
+        """A token was revoked: refuse it from now on."""
+
     def __init__(
         self,
         *,
@@ -486,12 +491,13 @@ class ControllerCommand(_message.Message):
         receipt: _messaging_pb2.Receipt | None = ...,
         start_analysis: _messaging_pb2.AnalysisTask | None = ...,
         stop_analysis: _messaging_pb2.StopAnalysis | None = ...,
+        revoked: Global___TokenRevoked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "revoked", b"revoked", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_round", b"cancel_round", "deliver", b"deliver", "heartbeat", b"heartbeat", "kind", b"kind", "receipt", b"receipt", "registered", b"registered", "revoked", b"revoked", "round", b"round", "start_analysis", b"start_analysis", "stop_analysis", b"stop_analysis", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "heartbeat", "round", "validation", "cancel_round", "deliver", "receipt", "start_analysis", "stop_analysis"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "heartbeat", "round", "validation", "cancel_round", "deliver", "receipt", "start_analysis", "stop_analysis", "revoked"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -506,26 +512,59 @@ class CombinerRegistered(_message.Message):
     COMBINER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    TOKEN_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    REVOKED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     combiner_id: _builtins.str
     """The combiner's record id in the statestore."""
     heartbeat_interval: _builtins.float
     """Seconds between the heartbeats the controller expects."""
     heartbeat_timeout: _builtins.float
     """Seconds of silence after which the controller marks the combiner offline."""
+    token_public_key: _builtins.bytes
+    """The controller's token public key (PEM, Ed25519): the combiner verifies client tokens
+    with it. Empty when the controller runs without authentication.
+    """
+    @_builtins.property
+    def revoked_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids (jti) of every token revoked so far; later revocations arrive as TokenRevoked."""
+
     def __init__(
         self,
         *,
         combiner_id: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
         heartbeat_timeout: _builtins.float = ...,
+        token_public_key: _builtins.bytes = ...,
+        revoked_token_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["combiner_id", b"combiner_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["combiner_id", b"combiner_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "revoked_token_ids", b"revoked_token_ids", "token_public_key", b"token_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CombinerRegistered: _TypeAlias = CombinerRegistered  # noqa: Y015
+
+@_typing.final
+class TokenRevoked(_message.Message):
+    """A token id revoked on the controller; combiners refuse the token from now on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRevoked: _TypeAlias = TokenRevoked  # noqa: Y015
 
 @_typing.final
 class ControllerHeartbeat(_message.Message):

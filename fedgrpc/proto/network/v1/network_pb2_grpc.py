@@ -52,7 +52,7 @@ class NetworkServiceServicer:
     def CombinerLink(self, request_iterator, context):
         """One stream per combiner. The first message must be `register`; the controller answers
         with `registered`. Errors: INVALID_ARGUMENT when the first message is not a registration,
-        ALREADY_EXISTS when a combiner of that name is already linked.
+        PERMISSION_DENIED when the registration name is not the combiner token's subject.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,7 +60,8 @@ class NetworkServiceServicer:
 
     def AssignCombiner(self, request, context):
         """Pick the combiner a client should connect to: the preferred one when it is online,
-        else the least loaded. Errors: UNAVAILABLE when no combiner is online.
+        else the least loaded. Errors: UNAVAILABLE when no combiner is online, PERMISSION_DENIED
+        when client_name is not the client token's subject.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,11 +39,12 @@ class NetworkServiceStub:
     CombinerLink: _grpc.StreamStreamMultiCallable[_network_pb2.CombinerReport, _network_pb2.ControllerCommand]
     """One stream per combiner. The first message must be `register`; the controller answers
     with `registered`. Errors: INVALID_ARGUMENT when the first message is not a registration,
-    ALREADY_EXISTS when a combiner of that name is already linked.
+    PERMISSION_DENIED when the registration name is not the combiner token's subject.
     """
     AssignCombiner: _grpc.UnaryUnaryMultiCallable[_network_pb2.AssignCombinerRequest, _network_pb2.AssignCombinerResponse]
     """Pick the combiner a client should connect to: the preferred one when it is online,
-    else the least loaded. Errors: UNAVAILABLE when no combiner is online.
+    else the least loaded. Errors: UNAVAILABLE when no combiner is online, PERMISSION_DENIED
+    when client_name is not the client token's subject.
     """
 
 @_typing.type_check_only
@@ -52,11 +53,12 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     CombinerLink: _aio.StreamStreamMultiCallable[_network_pb2.CombinerReport, _network_pb2.ControllerCommand]  # type: ignore[assignment]
     """One stream per combiner. The first message must be `register`; the controller answers
     with `registered`. Errors: INVALID_ARGUMENT when the first message is not a registration,
-    ALREADY_EXISTS when a combiner of that name is already linked.
+    PERMISSION_DENIED when the registration name is not the combiner token's subject.
     """
     AssignCombiner: _aio.UnaryUnaryMultiCallable[_network_pb2.AssignCombinerRequest, _network_pb2.AssignCombinerResponse]  # type: ignore[assignment]
     """Pick the combiner a client should connect to: the preferred one when it is online,
-    else the least loaded. Errors: UNAVAILABLE when no combiner is online.
+    else the least loaded. Errors: UNAVAILABLE when no combiner is online, PERMISSION_DENIED
+    when client_name is not the client token's subject.
     """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,7 +70,7 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_network_pb2.ControllerCommand], _abc.AsyncIterator[_network_pb2.ControllerCommand]]:
         """One stream per combiner. The first message must be `register`; the controller answers
         with `registered`. Errors: INVALID_ARGUMENT when the first message is not a registration,
-        ALREADY_EXISTS when a combiner of that name is already linked.
+        PERMISSION_DENIED when the registration name is not the combiner token's subject.
         """
 
     @_abc_1.abstractmethod
@@ -78,7 +80,8 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_network_pb2.AssignCombinerResponse, _abc.Awaitable[_network_pb2.AssignCombinerResponse]]:
         """Pick the combiner a client should connect to: the preferred one when it is online,
-        else the least loaded. Errors: UNAVAILABLE when no combiner is online.
+        else the least loaded. Errors: UNAVAILABLE when no combiner is online, PERMISSION_DENIED
+        when client_name is not the client token's subject.
         """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
