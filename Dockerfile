@@ -18,7 +18,7 @@ COPY --from=build /wheels /wheels
 # The examples extra brings scikit-learn for the digits example clients.
 RUN pip install "$(ls /wheels/fedgrpc-*.whl)[examples]" && rm -rf /wheels \
     && useradd --create-home --uid 10001 fedgrpc \
-    && mkdir -p /data && chown fedgrpc /data
+    && mkdir -p /data /tokens && chown fedgrpc /data /tokens
 COPY --chown=fedgrpc examples /opt/fedgrpc/examples
 USER fedgrpc
 WORKDIR /home/fedgrpc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,38 @@ FEDGRPC_SERVICES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(n for n in FEDGRPC_SERVICES if n != "mongo"))
+DAEMONS = sorted(n for n in FEDGRPC_SERVICES if n not in ("mongo", "tokens"))
+
+
+def minted_tokens() -> dict[str, str]:
+    """subject -> role for every `fedgrpc token create` the one-shot tokens service runs."""
+    script = COMPOSE["services"]["tokens"]["command"][0]
+    minted: dict[str, str] = {}
+    for loop in re.finditer(r"for name in ([^;]+); do\n\s*(fedgrpc token create [^\n]+)", script):
+        for subject in loop.group(1).split():
+            line = loop.group(2).replace('"$$name"', subject).split(">")[0]
+            args = shlex.split(line)[1:]
+            result = CliRunner().invoke(main, [*args, "--help"])
+            assert result.exit_code == 0, f"{line}: {result.output}"
+            minted[subject] = args[args.index("--role") + 1]
+    return minted
+
+
+def test_tokens_service_mints_a_token_for_every_daemon_that_reads_one() -> None:
+    minted = minted_tokens()
+    for name in DAEMONS:
+        command = COMPOSE["services"][name]["command"]
+        if name == "controller":
+            continue
+        assert "--token-file" in command, f"{name} starts without a token: auth is on"
+        path = command[command.index("--token-file") + 1]
+        subject = command[command.index("--name") + 1]
+        assert path == f"/tokens/{subject}", name
+        assert minted.get(subject) == command[0], f"{name}: no {command[0]} token minted"
+        assert "tokens:/tokens:ro" in COMPOSE["services"][name]["volumes"], name
+
+
+@pytest.mark.parametrize("name", DAEMONS)
 def test_every_service_command_parses(name: str) -> None:
     command = COMPOSE["services"][name]["command"]
     result = CliRunner().invoke(main, [*command, "--help"])

@@ -15,6 +15,7 @@ from fedgrpc.cli.daemon import (
     client_tls_options,
     run_until_signalled,
     setup_logging,
+    token_options,
 )
 from fedgrpc.cli.output import json_option, show_list, show_record
 from fedgrpc.config import ClientConfig, load_config
@@ -49,11 +50,7 @@ def client_group() -> None:
 )
 @click.option("--name", help="Unique client name (default: host plus a random suffix).")
 @click.option("--preferred-combiner", help="Combiner to prefer when it is online.")
-@click.option(
-    "--token",
-    help="Bearer token (role client, subject = --name) from `fedgrpc token create` "
-    "(env FEDGRPC_CLIENT_TOKEN).",
-)
+@token_options("client", "FEDGRPC_CLIENT_TOKEN")
 @client_tls_options
 @CONFIG_OPTION
 def client_start(

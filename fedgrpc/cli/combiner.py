@@ -15,6 +15,7 @@ from fedgrpc.cli.daemon import (
     run_until_signalled,
     server_tls_options,
     setup_logging,
+    token_options,
 )
 from fedgrpc.cli.output import json_option, show_list, show_record
 from fedgrpc.config import CombinerConfig, load_config
@@ -35,11 +36,7 @@ def combiner_group() -> None:
 @click.option("--port", type=int, help="Port to bind; 0 (default) picks a free one.")
 @click.option("--advertise-address", help="HOST:PORT clients dial (default: the bound address).")
 @click.option("--max-clients", type=int, help="Most clients this combiner accepts.")
-@click.option(
-    "--token",
-    help="Bearer token (role combiner, subject = --name) from `fedgrpc token create` "
-    "(env FEDGRPC_COMBINER_TOKEN).",
-)
+@token_options("combiner", "FEDGRPC_COMBINER_TOKEN")
 @server_tls_options
 @CONFIG_OPTION
 def combiner_start(config_path: Path | None, **options: Any) -> None:

@@ -8,6 +8,7 @@ so scripts and tests started with ``--port 0`` can read the bound address.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -65,6 +66,43 @@ def client_tls_options(command: F) -> F:
     ):
         command = option(command)
     return command
+
+
+def token_options(role: str, env: str) -> Callable[[F], F]:
+    """--token / --token-file for a daemon that dials the network with a bearer token.
+
+    A file keeps the token out of the process list and out of compose files (the compose
+    stack mints tokens into a volume before the daemons start).
+    """
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_token(*args: Any, token_file: Path | None, **options: Any) -> Any:
+            if token_file is not None:
+                if options.get("token"):
+                    raise click.UsageError("give --token or --token-file, not both")
+                options["token"] = _read_token(token_file)
+            return command(*args, **options)
+
+        decorated = click.option(
+            "--token-file",
+            type=_FILE,
+            help="Read the bearer token from this file.",
+        )(with_token)
+        return click.option(
+            "--token",
+            help=f"Bearer token (role {role}, subject = --name) from `fedgrpc token create` "
+            f"(env {env}).",
+        )(decorated)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _read_token(path: Path) -> str:
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise click.UsageError(f"token file {str(path)!r} is empty")
+    return token
 
 
 def setup_logging(level: str) -> None:

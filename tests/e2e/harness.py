@@ -164,12 +164,22 @@ class Cluster:
     def token(self, role: Role, subject: str) -> str:
         return mint_token(self.keys, subject, role)
 
+    def token_file(self, role: Role, subject: str) -> Path:
+        path = self.root / "tokens" / subject
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(self.token(role, subject) + "\n")
+        return path
+
     def start_combiners(self, controller: str, names: Iterable[str]) -> list[Daemon]:
+        # Combiners read their token from a file (--token-file, as the compose stack does);
+        # clients get theirs from the environment: both ways stay exercised.
         started = [
             self.spawn(
                 name,
-                ["combiner", "start", "--controller", controller, "--name", name, "--port", "0"],
-                {"FEDGRPC_COMBINER_TOKEN": self.token(Role.COMBINER, name)},
+                [
+                    *("combiner", "start", "--controller", controller, "--name", name),
+                    *("--port", "0", "--token-file", str(self.token_file(Role.COMBINER, name))),
+                ],
             )
             for name in names
         ]

@@ -113,3 +113,23 @@ def test_parse_duration(text: str, seconds: int) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="positive duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("daemon", ["combiner", "client"])
+def test_token_file_is_read_and_refused_when_empty_or_doubled(daemon: str, tmp_path: Path) -> None:
+    from fedgrpc.cli import main
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    runner = CliRunner()
+    result = runner.invoke(main, [daemon, "start", "--token-file", str(empty), "--name", "x"])
+    assert result.exit_code == 2
+    assert "is empty" in result.output
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    both = [daemon, "start", "--token", "abc", "--token-file", str(token), "--name", "x"]
+    result = runner.invoke(main, both)
+    assert result.exit_code == 2
+    assert "not both" in result.output
+    missing = [daemon, "start", "--token-file", str(tmp_path / "nope"), "--name", "x"]
+    assert runner.invoke(main, missing).exit_code == 2
