@@ -1,0 +1,1 @@
+"""FLAME-compatible federated analysis: node SDK, data encoding, encryption, data sources."""
