@@ -12,6 +12,12 @@ from pymongo.errors import ConfigurationError
 
 from fedgrpc.errors import InvalidArgument
 
+from .analyses import (
+    AnalysisLogRepository,
+    AnalysisRepository,
+    MessageRepository,
+    ObjectRepository,
+)
 from .artifacts import ModelRepository, PackageRepository
 from .base import Backend
 from .events import MetricRepository, StatusRepository, ValidationRepository
@@ -45,6 +51,10 @@ class StateStore:
         self.statuses = StatusRepository(backend.collection(StatusRepository.spec))
         self.validations = ValidationRepository(backend.collection(ValidationRepository.spec))
         self.metrics = MetricRepository(backend.collection(MetricRepository.spec))
+        self.analyses = AnalysisRepository(backend.collection(AnalysisRepository.spec))
+        self.analysis_logs = AnalysisLogRepository(backend.collection(AnalysisLogRepository.spec))
+        self.messages = MessageRepository(backend.collection(MessageRepository.spec))
+        self.objects = ObjectRepository(backend.collection(ObjectRepository.spec))
 
     @property
     def backend(self) -> str:
