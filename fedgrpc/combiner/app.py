@@ -125,6 +125,8 @@ class Combiner:
             self.core.start_validation(command.validation)
         elif kind == "cancel_round":
             self.core.cancel_round(command.cancel_round.round_id, command.cancel_round.reason)
+        elif kind is not None:
+            self.core.route_to_client(command)  # analyses: deliver, receipt, start, stop
 
     async def link_ended(self) -> None:
         """Wait until the controller link gives up for good (it raises why)."""

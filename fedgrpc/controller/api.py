@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fedgrpc._version import __version__
-from fedgrpc.controller import packages
+from fedgrpc.controller import packages, storage
+from fedgrpc.controller.analyses import Analyses
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.sessions import SessionManager
-from fedgrpc.errors import NotFound
+from fedgrpc.errors import NotFound, Unavailable
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.statestore import ListResult, NamedRepository, Record
 
@@ -26,10 +27,13 @@ async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class ControlAPI:
-    def __init__(self, network: Network, sessions: SessionManager) -> None:
+    def __init__(
+        self, network: Network, sessions: SessionManager, analyses: Analyses | None = None
+    ) -> None:
         self.network = network
         self.store = network.store
         self.sessions = sessions
+        self._analyses = analyses
         # The bound HOST:PORT (port 0 resolved), set by the app once the server listens.
         self.address: str | None = None
 
@@ -115,6 +119,24 @@ class ControlAPI:
         """HOST:PORT clients dial: the bound address when known, else the configured one."""
         config = self.network.config
         return self.address or f"{config.host}:{config.port}"
+
+    # --- analyses (FLAME) -----------------------------------------------------------------
+
+    @property
+    def analyses(self) -> Analyses:
+        if self._analyses is None:
+            raise Unavailable("this controller does not run analyses")
+        return self._analyses
+
+    async def analysis_logs(self, analysis_id: str, node_id: str, log_type: str) -> list[Record]:
+        await _db(self.store.analyses.get, analysis_id)  # NotFound for an unknown analysis
+        filters = {
+            key: value for key, value in (("node_id", node_id), ("log_type", log_type)) if value
+        }
+        return await _db(self.store.analysis_logs.for_analysis, analysis_id, **filters)
+
+    async def analysis_result(self, analysis_id: str) -> tuple[Record, bytes]:
+        return await _db(storage.result_of, self.store, self.network.models, analysis_id)
 
     # --- the rest: one get/list pair per record kind ------------------------------------
 
