@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from fedgrpc.api._analyses import AnalysisMethods
 from fedgrpc.api._connection import auth_metadata, open_channel, parse_target
 from fedgrpc.api._events import EventMethods
 from fedgrpc.api._generated import ControlClientBase
@@ -20,7 +21,9 @@ from fedgrpc.api._sessions import SessionMethods
 from fedgrpc.api._transfer import ModelClient
 
 
-class APIClient(NetworkMethods, ModelMethods, PackageMethods, SessionMethods, EventMethods):
+class APIClient(
+    NetworkMethods, ModelMethods, PackageMethods, SessionMethods, EventMethods, AnalysisMethods
+):
     """A synchronous client of a fedgrpc controller.
 
     ``host`` is ``"host"``, ``"host:port"`` or ``"grpc://host:port"`` (``grpcs://`` implies
