@@ -142,7 +142,7 @@ class AnalysisProcess:
             stderr=asyncio.subprocess.PIPE,
         )
         self._reporter.set_status(STARTED)
-        asyncio.ensure_future(self._watch(timeout))
+        self._watcher = asyncio.ensure_future(self._watch(timeout))
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +171,7 @@ class AnalysisProcess:
         try:
             await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
-            asyncio.ensure_future(
+            self._stopper = asyncio.ensure_future(
                 self.stop(f"analysis timed out after {timeout:g}s", status=FAILED)
             )
             await process.wait()
@@ -191,14 +191,16 @@ class AnalysisProcess:
             self._reporter.set_status(FAILED, f"analysis exited with code {code}\n{tail}".strip())
 
     async def _pump_stdout(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         # flame_log reaches the controller through the node service; stdout is for the node's
         # own log only (forwarding it too would record every flame_log twice).
         async for line in self._process.stdout:
             log.debug("analysis %s: %s", self._reporter.analysis_id, line.decode(errors="replace"))
 
     async def _pump_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
+        assert self._process is not None
+        assert self._process.stderr is not None
         async for raw in self._process.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             self._stderr.append(line)

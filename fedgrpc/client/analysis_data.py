@@ -113,7 +113,9 @@ class AnalysisData:
             object_id=uuid.uuid4().hex,
         )
 
-    async def submit_result(self, data: bytes, content_type: str) -> node_pb2.SubmitFinalResultResponse:
+    async def submit_result(
+        self, data: bytes, content_type: str
+    ) -> node_pb2.SubmitFinalResultResponse:
         if self._task.role != "aggregator":
             raise PermissionDenied(
                 f"only the aggregator submits the final result; this node's role is "

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -84,6 +86,13 @@ class AnalysisHost:
         self._channel: grpc.aio.Channel | None = None
         self._start_lock = asyncio.Lock()
         self._started_events: dict[str, asyncio.Event] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # Keep a reference: the loop holds tasks weakly, and a collected task just vanishes.
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def public_key(self) -> bytes:
@@ -100,13 +109,13 @@ class AnalysisHost:
     def handle(self, message: combiner_pb2.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "message":
-            asyncio.ensure_future(self._deliver(message.message))
+            self._spawn(self._deliver(message.message))
         elif kind == "receipt":
             self.messenger.on_receipt(message.receipt)
         elif kind == "start_analysis":
-            asyncio.ensure_future(self._start(message.start_analysis))
+            self._spawn(self._start(message.start_analysis))
         elif kind == "stop_analysis":
-            asyncio.ensure_future(self.stop(message.stop_analysis.analysis_id, message.stop_analysis.reason))
+            self._spawn(self.stop(message.stop_analysis.analysis_id, message.stop_analysis.reason))
 
     # --- analyses -------------------------------------------------------------------------
 
@@ -134,7 +143,9 @@ class AnalysisHost:
                 python_path=self.config.analysis_python_path,
                 package_dir=package_dir,
             )
-            state.process = AnalysisProcess(state.reporter, stop_grace=self.config.analysis_stop_grace)
+            state.process = AnalysisProcess(
+                state.reporter, stop_grace=self.config.analysis_stop_grace
+            )
             await state.process.start(env, timeout=task.timeout or None)
         except (FedgrpcError, OSError) as exc:
             log.warning("analysis %s could not start: %s", task.analysis_id, exc)
@@ -191,7 +202,7 @@ class AnalysisHost:
 
     def _system(self, analysis_id: str, message: StoredMessage) -> None:
         if message.category == READY_PING:
-            asyncio.ensure_future(self._answer_ready(analysis_id, message.sender))
+            self._spawn(self._answer_ready(analysis_id, message.sender))
         elif message.category == FINISHED:
             state = self.analyses.get(analysis_id)
             if state is not None:

@@ -8,6 +8,7 @@ the message is deleted) turns that into exactly once for the analysis. Waiters b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,12 +58,10 @@ class Inbox:
             self._changed.notify_all()
             return True
 
-    def list(self, status: str) -> list[StoredMessage]:
+    def select(self, status: str) -> list[StoredMessage]:
         _check_status(status, allow_all=True)
         return [
-            m
-            for m in self._messages.values()
-            if not m.is_system and status in ("all", m.status)
+            m for m in self._messages.values() if not m.is_system and status in ("all", m.status)
         ]
 
     def delete(self, message_ids: Iterable[str]) -> int:
@@ -73,7 +72,7 @@ class Inbox:
         cutoff = time.time() - (min_age or 0.0)
         doomed = [
             m.id
-            for m in self.list(status)
+            for m in self.select(status)
             if min_age is None or min_age <= 0 or m.created_at < cutoff
         ]
         return self.delete(doomed)
@@ -100,13 +99,13 @@ class Inbox:
             return any(message_id or m.status == UNREAD for m in matches)
 
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: all(arrived(s) for s in senders)), timeout
                 )
-            except TimeoutError:
-                pass
-            found = {s: self._matching(s, category, message_id) if arrived(s) else [] for s in senders}
+            found = {
+                s: self._matching(s, category, message_id) if arrived(s) else [] for s in senders
+            }
         for messages in found.values():
             for message in messages:
                 message.status = READ

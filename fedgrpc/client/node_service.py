@@ -108,13 +108,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
 
     async def GetMessages(self, request, context):  # type: ignore[no-untyped-def]
-        messages = self._state(context).inbox.list(request.status or "unread")
+        messages = self._state(context).inbox.select(request.status or "unread")
         return node_pb2.MessageList(messages=[_to_proto(m) for m in messages])
 
     async def DeleteMessages(self, request, context):  # type: ignore[no-untyped-def]
-        return node_pb2.CountResponse(
-            count=self._state(context).inbox.delete(request.message_ids)
-        )
+        return node_pb2.CountResponse(count=self._state(context).inbox.delete(request.message_ids))
 
     async def ClearMessages(self, request, context):  # type: ignore[no-untyped-def]
         inbox = self._state(context).inbox

@@ -7,7 +7,8 @@ was created with ``allow_pickle=True``). Sealing for ``remote_node_ids`` and ope
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 from fedgrpc.errors import InvalidArgument, PermissionDenied
 from fedgrpc.flame import codec
@@ -36,10 +37,11 @@ class StorageMixin(MessagingMixin):
         """Aggregator only. ``local_dp`` adds Laplace noise here, on the node, first."""
         if self.get_role() != "aggregator":
             raise PermissionDenied(
-                f"submit_final_result is for the aggregator; this node's role is {self.get_role()!r}"
+                f"submit_final_result is for the aggregator; this node's role is "
+                f"{self.get_role()!r}"
             )
         if local_dp is not None:
-            result = apply_local_dp(result, local_dp)
+            result = apply_local_dp(result, cast(Mapping[str, float], local_dp))
         data, content_type = codec.final_result_bytes(result, output_type)
         response = self._node.call(
             self._node.stub.SubmitFinalResult,
@@ -66,7 +68,11 @@ class StorageMixin(MessagingMixin):
                 remote_node_ids=remote_node_ids or [],
             ),
         )
-        saved = {"status": response.object.status, "url": response.object.url, "id": response.object.id}
+        saved = {
+            "status": response.object.status,
+            "url": response.object.url,
+            "id": response.object.id,
+        }
         if remote_node_ids:
             # One blob sealed for all of them: every recipient reads the same id.
             return {node: dict(saved) for node in dict.fromkeys(remote_node_ids)}
@@ -115,7 +121,8 @@ class StorageMixin(MessagingMixin):
         saved = self.save_intermediate_data(
             data, "global", remote_node_ids=list(receivers) if encrypted else None
         )
-        object_id = next(iter(saved.values()))["id"] if encrypted else saved["id"]
+        first = next(iter(saved.values())) if encrypted else saved
+        object_id = cast(dict[str, str], first)["id"]
         body = {"id": object_id, "encrypted": encrypted}
         return self.send_message(
             receivers, message_category, body, max_attempts, timeout, attempt_timeout

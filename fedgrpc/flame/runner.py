@@ -18,10 +18,12 @@ ORPHANED_EXIT = 75
 
 
 def _exit_when_node_gone() -> None:
+    # os.read on the raw descriptor: a daemon thread blocked in sys.stdin's buffered reader
+    # would abort the interpreter at exit (it holds the buffer's lock).
     try:
-        while sys.stdin.buffer.read(4096):
+        while os.read(0, 4096):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     print("fedgrpc runner: the node is gone; exiting", file=sys.stderr, flush=True)
     os._exit(ORPHANED_EXIT)

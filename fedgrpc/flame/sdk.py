@@ -58,16 +58,16 @@ class FlameCoreSDK(StorageMixin):
     # --- identity -------------------------------------------------------------------------
 
     def get_id(self) -> str:
-        return self._context.node_id
+        return str(self._context.node_id)
 
     def get_role(self) -> str:
-        return self._context.role
+        return str(self._context.role)
 
     def get_analysis_id(self) -> str:
-        return self._context.analysis_id
+        return str(self._context.analysis_id)
 
     def get_project_id(self) -> str:
-        return self._context.project_id
+        return str(self._context.project_id)
 
     def get_aggregator_id(self) -> str | None:
         """The aggregator's node id, or None when called on the aggregator itself."""
@@ -89,7 +89,10 @@ class FlameCoreSDK(StorageMixin):
     # --- general --------------------------------------------------------------------------
 
     def ready_check(
-        self, nodes: list[str] | str = "all", attempt_interval: int = 30, timeout: float | None = None
+        self,
+        nodes: list[str] | str = "all",
+        attempt_interval: int = 30,
+        timeout: float | None = None,
     ) -> dict[str, bool]:
         """Wait until the nodes run their analysis; re-asks every ``attempt_interval`` s."""
         wanted = self.get_participant_ids() if nodes == "all" else list(nodes)
@@ -142,7 +145,9 @@ class FlameCoreSDK(StorageMixin):
         """Monotone: an equal or lower value (or one outside 0-100) is ignored with a warning."""
         value = int(progress)
         if not 0 <= value <= 100:
-            self.flame_log(f"progress must be between 0 and 100, got {progress}", log_type="warning")
+            self.flame_log(
+                f"progress must be between 0 and 100, got {progress}", log_type="warning"
+            )
             return
         if value <= self._progress:
             self.flame_log(

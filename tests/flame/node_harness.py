@@ -29,7 +29,9 @@ class FakeStorage:
         self.objects: dict[str, messaging_pb2.ObjectData] = {}
         self.results: list[messaging_pb2.SubmitResultRequest] = []
 
-    async def PutObject(self, request: messaging_pb2.PutObjectRequest) -> messaging_pb2.StoredObject:
+    async def PutObject(  # noqa: N802 - the stub's method name
+        self, request: messaging_pb2.PutObjectRequest
+    ) -> messaging_pb2.StoredObject:
         info = messaging_pb2.StoredObject(
             id=uuid.uuid4().hex,
             analysis_id=request.analysis_id,
@@ -44,13 +46,15 @@ class FakeStorage:
         self.objects[info.id] = messaging_pb2.ObjectData(info=info, data=request.data)
         return info
 
-    async def GetObject(self, request: messaging_pb2.GetObjectRequest) -> messaging_pb2.ObjectData:
+    async def GetObject(  # noqa: N802 - the stub's method name
+        self, request: messaging_pb2.GetObjectRequest
+    ) -> messaging_pb2.ObjectData:
         found = self.objects.get(request.id)
         if found is None or found.info.analysis_id != request.analysis_id:
             raise NotFound(f"no object {request.id}")
         return found
 
-    async def ListObjects(
+    async def ListObjects(  # noqa: N802 - the stub's method name
         self, request: messaging_pb2.ListObjectsRequest
     ) -> messaging_pb2.ListObjectsResponse:
         return messaging_pb2.ListObjectsResponse(
@@ -63,7 +67,7 @@ class FakeStorage:
             ]
         )
 
-    async def SubmitResult(
+    async def SubmitResult(  # noqa: N802 - the stub's method name
         self, request: messaging_pb2.SubmitResultRequest
     ) -> messaging_pb2.StoredObject:
         if request.node_id != "agg":
@@ -171,7 +175,9 @@ class Nodes:
     hosts: dict[str, AnalysisHost]
     storage: FakeStorage
 
-    async def attach_analysis(self, node: str, analysis_id: str = "a1") -> tuple[str, AnalysisState]:
+    async def attach_analysis(
+        self, node: str, analysis_id: str = "a1"
+    ) -> tuple[str, AnalysisState]:
         """Register an analysis on ``node`` without a process; (node service address, state)."""
         host = self.hosts[node]
         state = host._new_state(make_task(node, self.hosts, analysis_id=analysis_id))
