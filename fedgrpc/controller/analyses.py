@@ -70,16 +70,6 @@ class Analyses:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def drain(self) -> None:
-        """Wait until every report queued so far has been applied."""
-        done = asyncio.Event()
-
-        async def mark() -> None:
-            done.set()
-
-        self._work.put_nowait(mark)
-        await done.wait()
-
     # --- the control API ------------------------------------------------------------------
 
     async def start_analysis(

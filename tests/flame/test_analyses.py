@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,22 @@ async def status(network: LocalNetwork, analysis_id: str) -> control_pb2.Analysi
     return analysis
 
 
+async def settled(network: LocalNetwork, node: FakeNode, analysis_id: str) -> None:
+    """Wait until the controller has applied everything ``node`` reported so far.
+
+    A node's reports travel in order on one stream and are applied in order, so once a marker
+    log line sent after them is stored, they have been applied too.
+    """
+    marker = uuid.uuid4().hex
+    node.report(analysis_id, logs=[mpb.LogEntry(log_type="debug", message=marker)])
+    logs = network.controller.store.analysis_logs
+
+    def stored() -> bool:
+        return any(line["message"] == marker for line in logs.for_analysis(analysis_id))
+
+    await eventually(stored, what="the node's reports applied")
+
+
 async def reaches(network: LocalNetwork, analysis_id: str, wanted: str) -> control_pb2.Analysis:
     async def probe() -> control_pb2.Analysis | None:
         analysis = await status(network, analysis_id)
@@ -79,7 +96,7 @@ async def test_tasks_reach_every_node_and_status_aggregates_to_executed(
     await reaches(network, "an", "started")
     nodes[0].report("an", "executing", 40)
     nodes[0].report("an", "", 20)  # progress never goes back
-    await network.controller.analyses.drain()
+    await settled(network, nodes[0], "an")
     current = await status(network, "an")
     assert current.status == "started"  # the least advanced node decides
     assert current.nodes[0].progress == 40
@@ -89,7 +106,7 @@ async def test_tasks_reach_every_node_and_status_aggregates_to_executed(
     assert [n.progress for n in done.nodes] == [100, 100, 100]
     assert done.finished_at
     nodes[1].report("an", "failed", message="too late")
-    await network.controller.analyses.drain()
+    await settled(network, nodes[1], "an")
     assert (await status(network, "an")).status == "executed"  # terminal states are final
 
 
@@ -121,7 +138,6 @@ async def test_a_node_back_within_the_grace_keeps_the_analysis_and_gets_its_task
     back = await add_node(network, "n2", 0)
     await eventually(lambda: back.tasks, what="the start task again")
     assert "n2" not in network.controller.analyses._offline  # its grace timer is cancelled
-    await network.controller.analyses.drain()
     assert (await status(network, analysis_id)).status == "starting"
 
 
@@ -138,7 +154,7 @@ async def test_stop_ends_as_stopped_and_only_once(
         await network.control.StopAnalysis(control_pb2.StopAnalysisRequest(analysis_id=analysis_id))
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     nodes[0].report(analysis_id, "stopped")
-    await network.controller.analyses.drain()
+    await settled(network, nodes[0], analysis_id)
     final = await status(network, analysis_id)
     assert (final.status, final.nodes[0].status) == ("stopped", "stopped")
 
@@ -184,15 +200,19 @@ async def test_logs_are_kept_in_order_and_filtered(
     nodes[0].report(analysis_id, logs=lines[:2])
     nodes[1].report(analysis_id, logs=[mpb.LogEntry(log_type="warning", message="careful")])
     nodes[0].report(analysis_id, logs=lines[2:])
-    await network.controller.analyses.drain()
+    logs = network.controller.store.analysis_logs
+    await eventually(lambda: logs.count(analysis_id=analysis_id) == 4, what="4 log lines")
     request = control_pb2.GetAnalysisLogsRequest
     every = await network.control.GetAnalysisLogs(request(analysis_id=analysis_id))
-    assert [(e.node_id, e.message) for e in every.logs] == [
+    # Oldest first; n1 and n2 sit on different combiners, so only each node's order is fixed.
+    assert sorted((e.node_id, e.message) for e in every.logs) == [
         ("n1", "line 0"),
         ("n1", "line 1"),
-        ("n2", "careful"),
         ("n1", "line 2"),
+        ("n2", "careful"),
     ]
+    assert [e.message for e in every.logs if e.node_id == "n1"] == ["line 0", "line 1", "line 2"]
+    assert all(e.created_at.seconds > 0 for e in every.logs)
     warnings = await network.control.GetAnalysisLogs(
         request(analysis_id=analysis_id, log_type="warning")
     )
