@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import struct
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedgrpc.client.local_storage import LocalStorage
@@ -76,10 +74,13 @@ class AnalysisData:
             url = (self._local.root / "objects" / record.id).as_uri()
             return node_pb2.SavedObject(id=record.id, url=url, status="success")
         _check_location(request.location)
+        # The node picks the storage id, so sealed data is bound to the id it is stored under
+        # (the controller cannot swap two objects of the same sender and recipients).
+        object_id = uuid.uuid4().hex
         data, content_type, recipients = bytes(request.data), request.content_type, []
         if request.remote_node_ids:
             recipients = list(dict.fromkeys(request.remote_node_ids))
-            data = self._seal(data, recipients)
+            data = self._seal(data, recipients, object_id)
             content_type = SEALED_CONTENT_PREFIX + content_type
         stored = await call(
             self._stub().PutObject,
@@ -91,26 +92,25 @@ class AnalysisData:
                 data=data,
                 recipients=recipients,
                 sha256=hashlib.sha256(data).hexdigest(),
+                id=object_id,
             ),
         )
         return node_pb2.SavedObject(id=stored.id, url=self._url(stored.id), status="success")
 
-    def _seal(self, data: bytes, recipients: Sequence[str]) -> bytes:
+    def _seal(self, data: bytes, recipients: Sequence[str], object_id: str) -> bytes:
         unknown = [r for r in recipients if not self._public.get(r)]
         if unknown:
             raise InvalidArgument(
                 f"no public key for {', '.join(unknown)}: encryption needs nodes of this "
                 "analysis that sent their key at connect"
             )
-        # The controller assigns the storage id after the fact, so the seal is bound to an id
-        # chosen here, carried in the blob's authenticated header (see _sealed_object_id).
         return crypto.seal(
             data,
             sender=self._keys,
             sender_id=self.node_id,
             recipients={r: self._public[r] for r in recipients},
             analysis_id=self._task.analysis_id,
-            object_id=uuid.uuid4().hex,
+            object_id=object_id,
         )
 
     async def submit_result(
@@ -201,7 +201,7 @@ class AnalysisData:
             sender_id=sender,
             sender_public=public,
             analysis_id=self._task.analysis_id,
-            object_id=_sealed_object_id(item.data),
+            object_id=item.id,  # the storage id: a blob moved under another id does not open
         )
         return Item(item.id, plain, item.content_type.removeprefix(SEALED_CONTENT_PREFIX), sender)
 
@@ -217,14 +217,3 @@ class AnalysisData:
 def _check_location(location: str) -> None:
     if location != "global":
         raise InvalidArgument(f"location must be 'local' or 'global', got {location!r}")
-
-
-def _sealed_object_id(blob: bytes) -> str:
-    """The object id a blob was sealed under (its header is authenticated by open_sealed)."""
-    start = len(crypto.MAGIC) + 4
-    try:
-        (length,) = struct.unpack(">I", blob[len(crypto.MAGIC) : start])
-        header: Mapping[str, object] = json.loads(blob[start : start + length])
-        return str(header["object_id"])
-    except (struct.error, ValueError, KeyError, TypeError):
-        raise DecryptionError("not a fedgrpc sealed blob") from None

@@ -17,6 +17,7 @@ from fedgrpc.errors import FailedPrecondition, InvalidArgument, NotFound, Permis
 from fedgrpc.model.chunking import iter_chunks
 from fedgrpc.modelstore import ModelStore
 from fedgrpc.security.interceptor import current_claims
+from fedgrpc.security.limits import validate_id
 from fedgrpc.security.tokens import Role
 from fedgrpc.statestore import Record, StateStore
 from fedgrpc.statestore.analyses import TERMINAL_STATUSES
@@ -49,7 +50,12 @@ def put_object(
     content_type: str = "",
     recipients: Sequence[str] = (),
     sha256: str = "",
+    object_id: str = "",
 ) -> Record:
+    """Store intermediate data; ``object_id`` is the node's proposed id (sealed data is bound
+    to it), or empty for one assigned here. AlreadyExists when the id is taken."""
+    if object_id:
+        validate_id(object_id, "id")
     analysis = participant(store, analysis_id, node_id)
     _check_running(analysis)
     return _store(
@@ -63,6 +69,7 @@ def put_object(
         tag=tag,
         content_type=content_type,
         recipients=list(recipients),
+        object_id=object_id,
     )
 
 
@@ -146,6 +153,7 @@ def _store(
     tag: str,
     content_type: str,
     recipients: list[str],
+    object_id: str = "",
 ) -> Record:
     if len(tag) > _MAX_TEXT or len(content_type) > _MAX_TEXT:
         raise InvalidArgument(f"tag and content_type are at most {_MAX_TEXT} characters")
@@ -156,6 +164,7 @@ def _store(
     )
     try:
         return store.objects.create(
+            id=object_id or None,
             analysis_id=analysis["id"],
             project_id=analysis["project_id"],
             sender=node_id,

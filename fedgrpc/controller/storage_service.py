@@ -34,6 +34,7 @@ class StorageServicer(messaging_pb2_grpc.StorageServiceServicer):
             content_type=request.content_type,
             recipients=list(request.recipients),
             sha256=request.sha256,
+            object_id=request.id,
         )
         return object_message(record)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from fedgrpc.client.host import AnalysisHost, AnalysisState
 from fedgrpc.config import ClientConfig
-from fedgrpc.errors import NotFound, PermissionDenied
+from fedgrpc.errors import AlreadyExists, NotFound, PermissionDenied
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.messaging.v1 import messaging_pb2
 
@@ -32,8 +32,11 @@ class FakeStorage:
     async def PutObject(  # noqa: N802 - the stub's method name
         self, request: messaging_pb2.PutObjectRequest
     ) -> messaging_pb2.StoredObject:
+        object_id = request.id or uuid.uuid4().hex
+        if object_id in self.objects:
+            raise AlreadyExists(f"object {object_id} exists")
         info = messaging_pb2.StoredObject(
-            id=uuid.uuid4().hex,
+            id=object_id,
             analysis_id=request.analysis_id,
             sender=request.node_id,
             tag=request.tag,

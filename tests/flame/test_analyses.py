@@ -312,3 +312,58 @@ async def test_storage_is_for_the_analysis_nodes_and_results_for_the_aggregator(
     ended = storage.SubmitResult(submit(analysis_id=analysis_id, node_id="agg", data=b"late"))
     assert await code_of(ended) == grpc.StatusCode.FAILED_PRECONDITION
     assert (await network.control.DownloadAnalysisResult(download)).data == b"42.0"
+
+
+async def test_a_node_proposes_the_object_id_and_reads_back_sender_and_content_type(
+    network: LocalNetwork, nodes: list[FakeNode]
+) -> None:
+    analysis_id = (await start(network)).analysis_id
+    storage = nodes[0].storage(network.controller.address)
+    proposed = uuid.uuid4().hex
+    request = mpb.PutObjectRequest(
+        analysis_id=analysis_id,
+        node_id="n1",
+        id=proposed,
+        content_type="sealed+application/json",
+        data=b"ciphertext",
+        recipients=["agg"],
+    )
+    stored = await storage.PutObject(request)
+    assert stored.id == proposed
+    got = await storage.GetObject(
+        mpb.GetObjectRequest(analysis_id=analysis_id, node_id="agg", id=proposed)
+    )
+    # The reader opens with the sender's key and decodes by the content type as stored.
+    assert (got.info.sender, got.info.content_type) == ("n1", "sealed+application/json")
+    assert list(got.info.recipients) == ["agg"]
+    listed = await storage.ListObjects(
+        mpb.ListObjectsRequest(analysis_id=analysis_id, node_id="agg")
+    )
+    assert [(o.id, o.sender, o.content_type) for o in listed.objects] == [
+        (proposed, "n1", "sealed+application/json")
+    ]
+    for bad_id, code in [
+        (proposed, grpc.StatusCode.ALREADY_EXISTS),
+        ("../escape", grpc.StatusCode.INVALID_ARGUMENT),
+        ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT),
+        ("has space", grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        request.id = bad_id
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await storage.PutObject(request)
+        assert refused.value.code() == code, bad_id
+    # The refused duplicate left the first object as it was.
+    again = await storage.GetObject(
+        mpb.GetObjectRequest(analysis_id=analysis_id, node_id="n1", id=proposed)
+    )
+    assert again.data == b"ciphertext"
+
+
+async def test_any_log_type_is_kept(network: LocalNetwork, nodes: list[FakeNode]) -> None:
+    analysis_id = (await start(network)).analysis_id
+    types = ["stderr", "my-custom-type", "critical-error"]
+    nodes[0].report(analysis_id, logs=[mpb.LogEntry(log_type=t, message=t) for t in types])
+    await settled(network, nodes[0], analysis_id)
+    request = control_pb2.GetAnalysisLogsRequest(analysis_id=analysis_id, node_id="n1")
+    logs = (await network.control.GetAnalysisLogs(request)).logs
+    assert [e.log_type for e in logs if e.message in types] == types

@@ -173,6 +173,20 @@ async def test_tampered_ciphertext_raises_a_clear_error(nodes: Nodes) -> None:
         await run(agg.get_intermediate_data, "global", id=sealed["agg"]["id"], sender_node_id="n1")
 
 
+async def test_sealed_data_is_bound_to_its_storage_id(nodes: Nodes) -> None:
+    # The node proposes the storage id and seals under it: a storage that serves one object's
+    # bytes under another's id (same sender, recipient and analysis) is caught.
+    agg, n1, _ = await sdks(nodes)
+    first: Any = await run(n1.save_intermediate_data, [1], "global", remote_node_ids=["agg"])
+    second: Any = await run(n1.save_intermediate_data, [2], "global", remote_node_ids=["agg"])
+    first_id, second_id = first["agg"]["id"], second["agg"]["id"]
+    stored = nodes.storage.objects
+    assert stored[first_id].info.id == first_id  # the id the node chose is the storage id
+    stored[first_id].data, stored[second_id].data = stored[second_id].data, stored[first_id].data
+    with pytest.raises(DecryptionError):
+        await run(agg.get_intermediate_data, "global", id=first_id, sender_node_id="n1")
+
+
 async def test_send_and_await_intermediate_data(nodes: Nodes) -> None:
     agg, n1, n2 = await sdks(nodes)
     assert await run(n1.send_intermediate_data, ["agg"], {"n": 1}) == (["agg"], [])
