@@ -183,8 +183,10 @@ async def start_node_service(host: AnalysisHost) -> RunningServer:
 
 
 class _TypedErrors:
-    """Wraps each servicer method so a FedgrpcError also names its class in the trailers
-    (several classes share a status code, e.g. DecryptionError and DataLoss)."""
+    """Wraps each servicer method: the analysis secret is checked before any method runs (so
+    a method cannot be left open by forgetting it), and a FedgrpcError also names its class
+    in the trailers (several classes share a status code, e.g. DecryptionError and DataLoss).
+    """
 
     def __init__(self, inner: NodeServicer) -> None:
         self._inner = inner
@@ -196,6 +198,7 @@ class _TypedErrors:
 
         async def call(request, context):  # type: ignore[no-untyped-def]
             try:
+                self._inner._state(context)  # Unauthenticated without a known secret
                 return await method(request, context)
             except FedgrpcError as error:
                 context.set_trailing_metadata(((ERROR_KEY, type(error).__name__),))

@@ -49,17 +49,29 @@ def start(nodes: Nodes, node: str, entrypoint: str, **fields: float) -> None:
     nodes.hosts[node].handle(combiner_pb2.ServerMessage(start_analysis=task))
 
 
+NODE_METHODS = [
+    f"/{node_pb2.DESCRIPTOR.services_by_name['NodeService'].full_name}/{m.name}"
+    for m in node_pb2.DESCRIPTOR.services_by_name["NodeService"].methods
+]
+
+
 async def test_calls_need_the_analysis_secret(nodes: Nodes) -> None:
-    address, _ = await nodes.attach_analysis("n1")
+    # NodeService is outside the token table (fedgrpc.security.authz.LOCAL_SERVICES): the
+    # analysis secret is its only credential, so every method refuses a call without it.
+    address, state = await nodes.attach_analysis("n1")
+    refused = {"no secret": (), "wrong secret": (("x-fedgrpc-analysis-secret", "guess"),)}
     async with grpc.aio.insecure_channel(address) as channel:
+        for method in NODE_METHODS:
+            call = channel.unary_unary(method)
+            for case, metadata in refused.items():
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call(b"", metadata=metadata, timeout=10)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method, case)
         stub = node_pb2_grpc.NodeServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.GetContext(node_pb2.GetContextRequest())
-        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stub.GetContext(
-                node_pb2.GetContextRequest(), metadata=(("x-fedgrpc-analysis-secret", "guess"),)
-            )
+        context = await stub.GetContext(
+            node_pb2.GetContextRequest(), metadata=(("x-fedgrpc-analysis-secret", state.secret),)
+        )
+        assert context.node_id == "n1"
 
 
 async def test_analysis_runs_to_executed_with_progress_and_logs(nodes: Nodes) -> None:
@@ -89,6 +101,24 @@ async def test_stop_terminates_the_process(nodes: Nodes) -> None:
     await until_status(nodes, "n1", "executing")
     stop = messaging_pb2.StopAnalysis(analysis_id="a1", node_id="n1", reason="user")
     nodes.hosts["n1"].handle(combiner_pb2.ServerMessage(stop_analysis=stop))
+    await until_status(nodes, "n1", "stopped", timeout=10)
+
+
+async def test_a_repeated_start_of_a_running_analysis_is_ignored(nodes: Nodes) -> None:
+    # The controller re-sends start_analysis to a node that reconnects while its status is
+    # still "starting"; the node keeps the analysis it runs (one process, one secret).
+    host = nodes.hosts["n1"]
+    start(nodes, "n1", "tests.flame.sample_analyses:hang")
+    start(nodes, "n1", "tests.flame.sample_analyses:hang")  # while the first is starting
+    await until_status(nodes, "n1", "executing")
+    state = host.analyses["a1"]
+    process, secret = state.process, state.secret
+    start(nodes, "n1", "tests.flame.sample_analyses:hang")  # while it runs
+    await asyncio.wait_for(asyncio.gather(*list(host._background)), 10)
+    assert (host.analyses["a1"].process, host.analyses["a1"].secret) == (process, secret)
+    assert host._by_secret == {secret: "a1"}
+    assert nodes.broker.statuses("n1") == ["started", "executing"]
+    await host.stop("a1", "user")
     await until_status(nodes, "n1", "stopped", timeout=10)
 
 
