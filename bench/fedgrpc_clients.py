@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from bench.workload import NUM_EXAMPLES, train_step
@@ -30,12 +31,18 @@ def make_train(index: int) -> Train:
     return train
 
 
-async def run_clients(controller: str, first: int, count: int, heartbeat: float) -> None:
+async def run_clients(
+    controller: str, first: int, count: int, heartbeat: float, data_dir: Path | None
+) -> None:
     clients = [
         Client(
             train=make_train(index),
             config=ClientConfig(
-                controller=controller, name=f"client-{index}", heartbeat_interval=heartbeat
+                controller=controller,
+                name=f"client-{index}",
+                heartbeat_interval=heartbeat,
+                # Node keys under the run's directory, not the home directory.
+                data_dir=data_dir / f"client-{index}" if data_dir else None,
             ),
         )
         for index in range(first, first + count)
@@ -59,13 +66,14 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--data-dir", type=Path, help="One directory per client below this.")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("BENCH_CLIENT_LOG_LEVEL", "WARNING"),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(run_clients(args.controller, args.first, args.count, args.heartbeat))
+    asyncio.run(run_clients(args.controller, args.first, args.count, args.heartbeat, args.data_dir))
 
 
 if __name__ == "__main__":

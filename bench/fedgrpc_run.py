@@ -82,6 +82,7 @@ def _network(
         for name, first, count in _client_groups(workload.clients, topology.processes):
             args = ["--controller", controller.address, "--first", str(first)]
             args += ["--count", str(count), "--heartbeat", str(topology.heartbeat_interval)]
+            args += ["--data-dir", str(data_dir / "nodes")]
             child = spawn(name, this_python(), "bench.fedgrpc_clients", args, log_dir=log_dir)
             children.append(child)
             monitor.watch(name, child.process.pid)

@@ -59,6 +59,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for index in range(2):
             env = {**FAST, "FEDGRPC_TEST_CLIENT_INDEX": str(index)}
             args = ["client", "start", "--controller", address, "--name", f"c{index}"]
+            args += ["--data-dir", str(base / "nodes" / f"c{index}")]
             daemons.append(
                 start_daemon(
                     f"c{index}", [*args, "--entry", "tests.e2e.clients"], log_dir=logs, env=env

@@ -173,6 +173,7 @@ class Cluster:
                 test_clients.MARKER_DIR_ENV: str(self.marker_dir),
             }
             args = ["client", "start", "--controller", controller, "--name", spec.name]
+            args += ["--data-dir", str(self.root / "nodes" / spec.name)]
             started[spec.name] = self.spawn(spec.name, [*args, "--entry", "tests.e2e.clients"], env)
         for daemon in started.values():
             wait_ready(daemon)

@@ -75,14 +75,18 @@ class LocalNetwork:
         validate: Callable[..., Any] | None = None,
         **overrides: Any,
     ) -> Client:
-        config = ClientConfig(
-            controller=self.controller.address,
-            name=name,
-            heartbeat_interval=0.2,
-            reconnect_base_delay=0.05,
-            reconnect_max_delay=0.5,
+        settings: dict[str, Any] = {
+            "controller": self.controller.address,
+            "name": name,
+            "heartbeat_interval": 0.2,
+            "reconnect_base_delay": 0.05,
+            "reconnect_max_delay": 0.5,
+            # Keys and analysis data under the test's directory (never the home directory);
+            # the same name gets the same directory, so a restarted client keeps its keys.
+            "data_dir": self.data_dir / "nodes" / name,
             **overrides,
-        )
+        }
+        config = ClientConfig(**settings)
         client = Client(config=config, train=train, validate=validate)
         self.clients.append(client)
         self._tasks.append(asyncio.ensure_future(client.run_async()))

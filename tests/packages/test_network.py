@@ -115,6 +115,7 @@ def _upload_package(control: Any) -> pb.Package:
 
 def _start_client(controller: str, cache: Path, logs: Path) -> Daemon:
     args = ["client", "start", "--controller", controller, "--name", "site-1"]
+    args += ["--data-dir", str(logs.parent / "nodes" / "site-1")]
     env = {
         "FEDGRPC_QUICKSTART_CLIENT": "0",
         "FEDGRPC_QUICKSTART_CLIENTS": "2",
