@@ -87,6 +87,10 @@ class AnalysisHost:
         self._start_lock = asyncio.Lock()
         self._started_events: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Test-only hook: this many acks are dropped instead of sent, so a test can make the
+        # controller deliver a message again (tests/flame/test_sdk_network.py). Always 0 in
+        # production; nothing outside tests sets it.
+        self.test_drop_acks = 0
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         # Keep a reference: the loop holds tasks weakly, and a collected task just vanishes.
@@ -198,7 +202,15 @@ class AnalysisHost:
 
     async def _deliver(self, envelope: messaging_pb2.Envelope) -> None:
         inbox = self.inbox(envelope.analysis_id)
-        await receive(envelope, inbox, self.uplink, lambda m: self._system(envelope.analysis_id, m))
+        await receive(
+            envelope, inbox, self._send_ack, lambda m: self._system(envelope.analysis_id, m)
+        )
+
+    def _send_ack(self, message: combiner_pb2.ClientMessage) -> None:
+        if self.test_drop_acks > 0:
+            self.test_drop_acks -= 1
+            return
+        self.uplink.send(message)
 
     def _system(self, analysis_id: str, message: StoredMessage) -> None:
         if message.category == READY_PING:

@@ -157,7 +157,7 @@ class Messenger:
 async def receive(
     envelope: messaging_pb2.Envelope,
     inbox: Inbox,
-    uplink: Uplink,
+    send_ack: Callable[[combiner_pb2.ClientMessage], None],
     on_new: Callable[[StoredMessage], None] | None = None,
 ) -> None:
     """Store a delivered envelope (once per id), then acknowledge it (every time)."""
@@ -174,4 +174,4 @@ async def receive(
     ack = messaging_pb2.Ack(
         message_id=envelope.message_id, analysis_id=envelope.analysis_id, sender=envelope.sender
     )
-    uplink.send(combiner_pb2.ClientMessage(ack=ack))
+    send_ack(combiner_pb2.ClientMessage(ack=ack))

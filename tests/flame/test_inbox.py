@@ -24,7 +24,7 @@ async def test_duplicate_delivery_is_acked_every_time_but_stored_once() -> None:
     uplink.attach(outbox)
     envelope = messaging_pb2.Envelope(message_id="m1", analysis_id="a", sender="s", category="c")
     for _ in range(3):
-        await receive(envelope, inbox, uplink)
+        await receive(envelope, inbox, uplink.send)
     assert len(inbox) == 1
     acks = [outbox.get_nowait() for _ in range(outbox.qsize())]
     assert [a.ack.message_id for a in acks] == ["m1"] * 3

@@ -97,6 +97,15 @@ class LocalNetwork:
         )
         return client
 
+    async def stop_client(self, name: str) -> None:
+        """Stop a client and wait until the controller sees it gone (its name may be reused)."""
+        index = next(i for i, client in enumerate(self.clients) if client.name == name)
+        client, task = self.clients.pop(index), self._tasks.pop(index)
+        client.stop()
+        await task
+        registry = self.controller.network.registry
+        await eventually(lambda: registry.link_of_client(name) is None, what=f"{name} offline")
+
     async def upload_seed(self, arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> str:
         response = await upload_model(
             self.models, dump_model(arrays), header=model_pb2.ModelHeader()
