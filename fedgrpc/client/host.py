@@ -31,6 +31,7 @@ from fedgrpc.client.analysis_data import AnalysisData
 from fedgrpc.client.inbox import SYSTEM_PREFIX, Inbox, StoredMessage
 from fedgrpc.client.local_storage import LocalStorage
 from fedgrpc.client.messenger import Messenger, Uplink, receive
+from fedgrpc.client.running import RunningMarks, lost_report
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import FedgrpcError, Unauthenticated
 from fedgrpc.flame.crypto import NodeKeys
@@ -91,6 +92,10 @@ class AnalysisHost:
         # controller deliver a message again (tests/flame/test_sdk_network.py). Always 0 in
         # production; nothing outside tests sets it.
         self.test_drop_acks = 0
+        self._closing = False
+        self._marks = RunningMarks(self.data_dir / "running")
+        for lost in self._marks.take_all():  # sent first on the first stream
+            self.uplink.send(lost_report(lost))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         # Keep a reference: the loop holds tasks weakly, and a collected task just vanishes.
@@ -137,6 +142,7 @@ class AnalysisHost:
         if task.analysis_id in self.analyses:
             return  # a repeated start (controller retry) changes nothing
         state = self._new_state(task)
+        self._marks.add(task.analysis_id)
         try:
             server = await self._ensure_server()
             package_dir = await self._package_dir(task)
@@ -154,6 +160,11 @@ class AnalysisHost:
         except (FedgrpcError, OSError) as exc:
             log.warning("analysis %s could not start: %s", task.analysis_id, exc)
             state.reporter.set_status(FAILED, f"could not start the analysis: {exc}")
+            self._marks.remove(task.analysis_id)
+            return
+        await state.process.done.wait()
+        if not self._closing:  # ended while the node runs: its outcome was reported
+            self._marks.remove(task.analysis_id)
 
     def _new_state(self, task: messaging_pb2.AnalysisTask) -> AnalysisState:
         secret = secrets.token_urlsafe(32)
@@ -252,6 +263,8 @@ class AnalysisHost:
 
     async def close(self) -> None:
         """Stop every analysis process, the node service and the controller channel."""
+        # Their marks stay: the stream is gone, so a restart reports these analyses as lost.
+        self._closing = True
         await asyncio.gather(
             *(s.process.stop("node stopped") for s in self.analyses.values() if s.process),
             return_exceptions=True,

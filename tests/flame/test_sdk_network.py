@@ -159,3 +159,31 @@ async def check_result_and_logs(network: LocalNetwork) -> None:
     assert logged("n2", "n2 sent its share")
     assert logged("agg", f"exact mean {exact}")
     assert logged("agg", "n2 acknowledged the late message")
+
+
+async def test_a_node_restarted_mid_analysis_fails_it_instead_of_leaving_it_running(
+    network: LocalNetwork,
+) -> None:
+    # Its analysis process died with the daemon; back within the grace, the node says so.
+    await network.control.StartAnalysis(
+        control_pb2.StartAnalysisRequest(
+            analysis_id="lost",
+            entrypoint="tests.flame.sample_analyses:hang",
+            nodes=list(PLACES),
+            aggregator="agg",
+        )
+    )
+    await node_status(network, "lost", "n1", "executing")
+    await network.stop_client("n1")
+    await add_node(network, "n1")
+    final = await ended(network, "lost")
+    assert final.status == "failed"
+    assert final.message.startswith("node n1 failed: the node restarted"), final.message
+    statuses = {n.node_id: n.status for n in final.nodes}
+    assert statuses["n1"] == "failed"
+
+    async def others_stopped() -> bool:  # told to stop by the controller, and did
+        nodes = (await analysis(network, "lost")).nodes
+        return all(n.status == "stopped" for n in nodes if n.node_id != "n1")
+
+    await eventually(others_stopped, timeout=30, what="agg and n2 stopped")
