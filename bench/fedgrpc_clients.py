@@ -34,7 +34,12 @@ def make_train(index: int) -> Train:
 
 
 async def run_clients(
-    controller: str, keys: Path, first: int, count: int, heartbeat: float
+    controller: str,
+    keys: Path,
+    first: int,
+    count: int,
+    heartbeat: float,
+    data_dir: Path | None,
 ) -> None:
     """``keys``: the controller's data directory; each client's token is minted from it."""
     clients = [
@@ -45,6 +50,8 @@ async def run_clients(
                 name=f"client-{index}",
                 heartbeat_interval=heartbeat,
                 token=mint_token(keys, f"client-{index}", Role.CLIENT),
+                # Node keys under the run's directory, not the home directory.
+                data_dir=data_dir / f"client-{index}" if data_dir else None,
             ),
         )
         for index in range(first, first + count)
@@ -69,13 +76,18 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--data-dir", type=Path, help="One directory per client below this.")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("BENCH_CLIENT_LOG_LEVEL", "WARNING"),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(run_clients(args.controller, args.keys, args.first, args.count, args.heartbeat))
+    asyncio.run(
+        run_clients(
+            args.controller, args.keys, args.first, args.count, args.heartbeat, args.data_dir
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def _network(
             args = ["--controller", controller.address, "--keys", str(data_dir)]
             args += ["--first", str(first)]
             args += ["--count", str(count), "--heartbeat", str(topology.heartbeat_interval)]
+            args += ["--data-dir", str(data_dir / "nodes")]
             child = spawn(name, this_python(), "bench.fedgrpc_clients", args, log_dir=log_dir)
             children.append(child)
             monitor.watch(name, child.process.pid)

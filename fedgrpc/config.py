@@ -8,6 +8,7 @@ field's type and validated at start-up; a bad one raises :class:`ConfigError` na
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -139,12 +140,21 @@ class ControllerConfig(TransferLimits, TlsSettings):
     # Check a bearer token on every call (the key pair and an admin token are kept under
     # data_dir, also with MongoDB). Turn off only for tests of unrelated parts.
     auth: bool = True
+    # Analyses (FLAME): how long the broker keeps trying to deliver a message whose envelope
+    # names no time-to-live, and the first re-send delay for an unacknowledged one (it doubles
+    # up to 30 s). A node whose client is gone longer than the grace fails its analysis.
+    message_ttl_seconds: float = 3600.0
+    message_retry_seconds: float = 2.0
+    analysis_node_grace_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)
         TlsSettings.__post_init__(self)
         _check_port("port", self.port)
         _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
+        _check_positive("message_ttl_seconds", self.message_ttl_seconds)
+        _check_positive("message_retry_seconds", self.message_retry_seconds)
+        _check_positive("analysis_node_grace_seconds", self.analysis_node_grace_seconds)
         _check_bind(self.host, self, self.insecure)
         if self.mongo_uri is not None:
             _check(
@@ -218,11 +228,25 @@ class ClientConfig(TransferLimits, TlsSettings):
     tags: tuple[str, ...] = field(default_factory=tuple)
     # The client's bearer token (role client, subject = name) for controller and combiner.
     token: str | None = field(default=None, repr=False)
+    # Analyses (FLAME): the node's key pair, local intermediate data and tags live here;
+    # None = ``$XDG_DATA_HOME/fedgrpc/nodes/<name>`` (~/.local/share without XDG_DATA_HOME).
+    data_dir: Path | None = None
+    # Data sources the node offers analyses (mappings with at least a type; see
+    # fedgrpc.flame.datasources). From a file: a list of tables/mappings; from the
+    # environment: a JSON list.
+    data_sources: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Extra sys.path entries for analysis processes (where their modules live).
+    analysis_python_path: tuple[str, ...] = field(default_factory=tuple)
+    # Seconds between SIGTERM and SIGKILL when an analysis is stopped.
+    analysis_stop_grace: float = 5.0
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)
         TlsSettings.__post_init__(self)
         _check_address("controller", self.controller)
+        _check_positive("analysis_stop_grace", self.analysis_stop_grace)
+        for source in self.data_sources:
+            _check(isinstance(source, dict), "data_sources", "must be a list of mappings")
         _check_positive("heartbeat_interval", self.heartbeat_interval)
         _check_positive("reconnect_base_delay", self.reconnect_base_delay)
         _check(
@@ -308,12 +332,28 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
         return _coerce(name, args[0], value)
+    if origin is tuple and typing.get_args(hint)[0] is not str:
+        return _coerce_mappings(name, value)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(name, f"expected a list, got {value!r}")
         return tuple(str(i).strip() for i in items if str(i).strip())
     return _coerce_scalar(name, hint, value)
+
+
+def _coerce_mappings(name: str, value: Any) -> tuple[dict[str, Any], ...]:
+    """A list of mappings: from a file as is, from the environment as a JSON list."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ConfigError(name, f"expected a JSON list of mappings, got {value!r}") from None
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, Mapping) for i in value):
+        raise ConfigError(name, f"expected a list of mappings, got {value!r}")
+    return tuple(dict(item) for item in value)
 
 
 def _coerce_scalar(name: str, hint: Any, value: Any) -> Any:

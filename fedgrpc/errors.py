@@ -100,6 +100,20 @@ class PayloadTooLarge(ResourceExhausted):
     """A payload exceeds the configured size limit."""
 
 
+# --- encrypted intermediate data ----------------------------------------------------------
+class DecryptionError(FedgrpcError):
+    """A sealed blob did not open: tampered with, for another node, or from another sender.
+
+    Not a DataLoss subclass on purpose: code that retries on DataLoss (a corrupted transfer)
+    must not retry this, since the same bytes will never open.
+    """
+
+    def __init__(self, detail: str = "") -> None:
+        message = "ciphertext was tampered with or not meant for this node"
+        super().__init__(f"{message} ({detail})" if detail else message)
+        self.detail = detail
+
+
 # The table. Order matters only in that subclasses are resolved by walking the MRO, so a new
 # domain error inherits its parent's code unless it is listed here itself.
 _STATUS_TABLE: dict[type[FedgrpcError], grpc.StatusCode] = {
@@ -114,11 +128,13 @@ _STATUS_TABLE: dict[type[FedgrpcError], grpc.StatusCode] = {
     DataLoss: grpc.StatusCode.DATA_LOSS,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Aborted: grpc.StatusCode.ABORTED,
+    DecryptionError: grpc.StatusCode.DATA_LOSS,
 }
 
-_ERROR_BY_STATUS: dict[grpc.StatusCode, type[FedgrpcError]] = {
-    code: err for err, code in _STATUS_TABLE.items()
-}
+# A code listed twice (DecryptionError shares DATA_LOSS) maps back to its first, generic class.
+_ERROR_BY_STATUS: dict[grpc.StatusCode, type[FedgrpcError]] = {}
+for _err, _code in _STATUS_TABLE.items():
+    _ERROR_BY_STATUS.setdefault(_code, _err)
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from fedgrpc.api._analyses import AnalysisMethods
 from fedgrpc.api._connection import auth_metadata, open_channel, parse_target
 from fedgrpc.api._events import EventMethods
 from fedgrpc.api._generated import ControlClientBase
@@ -22,7 +23,13 @@ from fedgrpc.api._transfer import ModelClient
 
 
 class APIClient(
-    NetworkMethods, ModelMethods, PackageMethods, SessionMethods, EventMethods, TokenMethods
+    NetworkMethods,
+    ModelMethods,
+    PackageMethods,
+    SessionMethods,
+    EventMethods,
+    TokenMethods,
+    AnalysisMethods,
 ):
     """A synchronous client of a fedgrpc controller.
 

@@ -51,6 +51,12 @@ def client_group() -> None:
 @click.option("--name", help="Unique client name (default: host plus a random suffix).")
 @click.option("--preferred-combiner", help="Combiner to prefer when it is online.")
 @token_options("client", "FEDGRPC_CLIENT_TOKEN")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The node's key pair and local analysis data "
+    "(default: $XDG_DATA_HOME/fedgrpc/nodes/NAME, ~/.local/share without XDG_DATA_HOME).",
+)
 @client_tls_options
 @CONFIG_OPTION
 def client_start(

@@ -35,6 +35,7 @@ def main() -> None:
 
 
 def _register_commands() -> None:
+    from fedgrpc.cli.analysis import analysis_group
     from fedgrpc.cli.certs import certs_group
     from fedgrpc.cli.client import client_group
     from fedgrpc.cli.combiner import combiner_group
@@ -55,6 +56,7 @@ def _register_commands() -> None:
         combiner_group,
         client_group,
         session_group,
+        analysis_group,
         model_group,
         package_group,
         round_group,

@@ -109,7 +109,8 @@ def load_package(directory: Path) -> EntryPoints:
     root = Path(directory).resolve()
     manifest = read_manifest(root)
     check_references(manifest, lambda path: (root / path).is_file())
-    entries = manifest.entry_points
+    # The analysis entry point belongs to fedgrpc.flame.runner (see load_analysis_entry).
+    entries = {n: e for n, e in manifest.entry_points.items() if n != "analysis"}
     if "train" not in entries and "validate" not in entries:
         raise InvalidArgument(f"{root / MANIFEST_NAME}: entry_points needs train or validate")
     if any(not entry.is_command for entry in entries.values()) and str(root) not in sys.path:
@@ -129,6 +130,29 @@ _COMMAND_WRAPPERS: dict[str, Callable[[Command], Callable[..., Any]]] = {
     "validate": command_validate,
     "predict": command_predict,
 }
+
+
+def load_analysis_entry(spec: str, package_dir: Path | None = None) -> Callable[[], Any]:
+    """The function an analysis runs: ``module:function`` (``module`` alone means its
+    ``main``), or with ``package_dir`` the package's entry point named ``spec`` (default
+    ``analysis``), which must be a module:function."""
+    if package_dir is None:
+        module_name, _, attribute = spec.partition(":")
+        target = _import(module_name, spec)
+        for part in (attribute or "main").split("."):
+            target = getattr(target, part, None)
+        if not callable(target):
+            raise InvalidArgument(f"analysis entry {spec!r} is not a function")
+        return cast(Callable[[], Any], target)
+    root = Path(package_dir).resolve()
+    entry = read_manifest(root).entry_points.get(spec or "analysis")
+    if entry is None or entry.module is None:
+        raise InvalidArgument(
+            f"package in {root} has no module:function entry point {spec or 'analysis'!r}"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return cast(Callable[[], Any], _load_entry_point(entry, root))
 
 
 def _load_entry_point(entry: EntryPoint, root: Path) -> Callable[..., Any]:

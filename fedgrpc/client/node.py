@@ -23,6 +23,7 @@ import grpc
 from fedgrpc._version import __version__
 from fedgrpc.backoff import Backoff
 from fedgrpc.client.entry import TrainFn, ValidateFn
+from fedgrpc.client.host import AnalysisHost
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
     FedgrpcError,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Errors no amount of retrying fixes: the client gives up and says why.
 FATAL_ERRORS = (Unauthenticated, PermissionDenied, TlsHandshakeFailed)
+ANALYSIS_KINDS = ("message", "receipt", "start_analysis", "stop_analysis")
 
 
 def as_user_model(arrays: dict[str, Any]) -> Any:
@@ -85,6 +87,8 @@ class Client:
         self.combiner_name = ""
         self.connected = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Analyses (FLAME): keys, inboxes, analysis processes and the node-local service.
+        self.analyses = AnalysisHost(self.config, self.name)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -93,6 +97,12 @@ class Client:
         asyncio.run(self.run_async())
 
     async def run_async(self) -> None:
+        try:
+            await self._run_connections()
+        finally:
+            await self.analyses.close()
+
+    async def _run_connections(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -165,6 +175,7 @@ class Client:
             for task in self._running.values():
                 task.cancel()
             self._running.clear()
+            self.analyses.disconnected()
             stream.cancel()
             await channel.close()
 
@@ -175,7 +186,12 @@ class Client:
     async def _outgoing(
         self, outbox: asyncio.Queue[combiner_pb2.ClientMessage]
     ) -> AsyncIterator[combiner_pb2.ClientMessage]:
-        hello = combiner_pb2.ClientHello(name=self.name, version=__version__, tags=self.config.tags)
+        hello = combiner_pb2.ClientHello(
+            name=self.name,
+            version=__version__,
+            tags=self.config.tags,
+            public_key=self.analyses.public_key,
+        )
         yield combiner_pb2.ClientMessage(hello=hello)
         while True:
             yield await outbox.get()
@@ -191,6 +207,7 @@ class Client:
         self._last_heard = time.monotonic()
         if kind == "welcome":
             self._start_heartbeats(message.welcome, outbox, stream)
+            self.analyses.connected(outbox)
             self.connected.set()
             log.info("client %s connected to %s", self.name, message.welcome.combiner_name)
         elif kind == "train":
@@ -199,6 +216,8 @@ class Client:
             self._start(
                 message.validate.task_id, self._run_validate(message.validate, outbox, models)
             )
+        elif kind in ANALYSIS_KINDS:
+            self.analyses.handle(message)
         elif kind == "cancel":
             task = self._running.pop(message.cancel.task_id, None)
             if task is not None:

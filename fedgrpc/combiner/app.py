@@ -141,6 +141,8 @@ class Combiner:
             self.core.start_validation(command.validation)
         elif kind == "cancel_round":
             self.core.cancel_round(command.cancel_round.round_id, command.cancel_round.reason)
+        elif kind is not None:
+            self.core.route_to_client(command)  # analyses: deliver, receipt, start, stop
 
     def _trust(self, registered: network_pb2.CombinerRegistered) -> None:
         """Take the controller's token key and revocation list (sent at every registration)."""

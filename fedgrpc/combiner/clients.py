@@ -19,6 +19,8 @@ class ClientConnection(StreamPeer[combiner_pb2.ServerMessage]):
 
     ip: str = ""
     tags: tuple[str, ...] = ()
+    # The node's X25519 public key from its hello (analyses); forwarded to the controller.
+    public_key: bytes = b""
 
 
 ConnectionHook = Callable[[ClientConnection], None]
@@ -39,7 +41,9 @@ class ClientRegistry:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
 
-    def connect(self, name: str, ip: str, tags: tuple[str, ...] = ()) -> ClientConnection:
+    def connect(
+        self, name: str, ip: str, tags: tuple[str, ...] = (), *, public_key: bytes = b""
+    ) -> ClientConnection:
         if not name or len(name) > 128:
             raise InvalidArgument("client name must be 1 to 128 characters")
         previous = self._clients.get(name)
@@ -47,7 +51,7 @@ class ClientRegistry:
             raise ResourceExhausted(
                 f"combiner is full ({self._max_clients} clients); ask the controller for another"
             )
-        connection = ClientConnection(name=name, ip=ip, tags=tags)
+        connection = ClientConnection(name=name, ip=ip, tags=tags, public_key=public_key)
         self._clients[name] = connection
         if previous is not None:
             log.info("client %s reconnected; closing its previous stream", name)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fedgrpc.aggregators import ArraySpec, get_aggregator
+from fedgrpc.combiner.analyses import analysis_report, route_of
 from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 ReportSink = Callable[[network_pb2.CombinerReport], None]
 UploadPartial = Callable[[bytes, network_pb2.RoundAssignment, float, int], Awaitable[str]]
 FetchModel = Callable[[str], Awaitable[CachedModel]]
+
+_FROM_NODES = frozenset({"message", "ack", "analysis_update"})
 
 # Task ids of closed rounds are remembered for a while so a late upload is told "the round
 # closed" rather than "unknown task".
@@ -68,7 +71,7 @@ class CombinerCore:
     def _client_connected(self, client: ClientConnection) -> None:
         event = network_pb2.ClientEvent(
             kind=network_pb2.ClientEvent.KIND_CONNECTED,
-            client=network_pb2.ConnectedClient(name=client.name, ip=client.ip),
+            client=_connected(client),
         )
         self._report(network_pb2.CombinerReport(client_event=event))
 
@@ -84,7 +87,7 @@ class CombinerCore:
         self._report(network_pb2.CombinerReport(client_event=event))
 
     def connected_clients(self) -> list[network_pb2.ConnectedClient]:
-        return [network_pb2.ConnectedClient(name=c.name, ip=c.ip) for c in self.clients.online()]
+        return [_connected(client) for client in self.clients.online()]
 
     def _owner_of(self, task_id: str) -> str | None:
         """The client a task was sent to, while its round or validation pass is open."""
@@ -107,6 +110,18 @@ class CombinerCore:
             work = self._tasks.get(message.validation.task_id)
             if isinstance(work, ValidationPass):
                 work.result(message.validation.task_id, message.validation)
+        elif kind in _FROM_NODES:
+            self._report(analysis_report(client.name, message))
+
+    def route_to_client(self, command: network_pb2.ControllerCommand) -> None:
+        """An analysis command for one client; dropped when it is not connected here (the
+        controller sends messages again and starts its offline grace for the node)."""
+        routed = route_of(command)
+        if routed is None:
+            return
+        client = self.clients.get(routed[0])
+        if client is not None:
+            client.send(routed[1])
 
     def _task_failed(self, client: ClientConnection, failure: combiner_pb2.TaskFailed) -> None:
         work = self._tasks.get(failure.task_id)
@@ -291,3 +306,7 @@ class CombinerCore:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.models.clear()
+
+
+def _connected(client: ClientConnection) -> network_pb2.ConnectedClient:
+    return network_pb2.ConnectedClient(name=client.name, ip=client.ip, public_key=client.public_key)

@@ -39,7 +39,9 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         hello: combiner_pb2.ClientHello = await first_message(request_iterator, "hello", "a hello")
         validate_fields(hello)
         check_acting_as(hello.name, "client name")
-        client = self._core.clients.connect(hello.name, context.peer(), tuple(hello.tags))
+        client = self._core.clients.connect(
+            hello.name, context.peer(), tuple(hello.tags), public_key=hello.public_key
+        )
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
         welcome = combiner_pb2.Welcome(
             combiner_name=self._core.name,

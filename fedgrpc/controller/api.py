@@ -11,12 +11,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fedgrpc._version import __version__
-from fedgrpc.controller import packages
+from fedgrpc.controller import packages, storage
+from fedgrpc.controller.analyses import Analyses
 from fedgrpc.controller.network import Network
-from fedgrpc.controller.scope import caller_scope, in_scope, only_visible, scoped
+from fedgrpc.controller.scope import (
+    analysis_in_scope,
+    caller_scope,
+    in_scope,
+    only_visible,
+    project_in_scope,
+    scoped,
+)
 from fedgrpc.controller.sessions import SessionManager
 from fedgrpc.controller.tokens import TokenAuthority
-from fedgrpc.errors import FailedPrecondition, NotFound
+from fedgrpc.errors import FailedPrecondition, NotFound, Unavailable
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.security.identity import caller_claims
 from fedgrpc.statestore import ListResult, NamedRepository, Record
@@ -29,10 +37,13 @@ async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class ControlAPI:
-    def __init__(self, network: Network, sessions: SessionManager) -> None:
+    def __init__(
+        self, network: Network, sessions: SessionManager, analyses: Analyses | None = None
+    ) -> None:
         self.network = network
         self.store = network.store
         self.sessions = sessions
+        self._analyses = analyses
         # The bound HOST:PORT (port 0 resolved), set by the app once the server listens.
         self.address: str | None = None
 
@@ -183,6 +194,45 @@ class ControlAPI:
         """HOST:PORT clients dial: the bound address when known, else the configured one."""
         config = self.network.config
         return self.address or f"{config.host}:{config.port}"
+
+    # --- analyses (FLAME) -----------------------------------------------------------------
+
+    @property
+    def analyses(self) -> Analyses:
+        if self._analyses is None:
+            raise Unavailable("this controller does not run analyses")
+        return self._analyses
+
+    async def start_analysis(self, *, project_id: str, **request: Any) -> Record:
+        """A new analysis; a scoped caller's runs under its scope as the project."""
+        return await self.analyses.start_analysis(
+            project_id=project_in_scope(project_id), **request
+        )
+
+    async def get_analysis(self, analysis_id: str) -> Record:
+        return analysis_in_scope(await _db(self.store.analyses.get, analysis_id))
+
+    async def list_analyses(self, **args: Any) -> ListResult:
+        scope = caller_scope()
+        if scope is not None:
+            args = {**args, "project_id": scope}
+        found: ListResult = await _db(self.store.analyses.list, **args)
+        return found
+
+    async def stop_analysis(self, analysis_id: str) -> Record:
+        await self.get_analysis(analysis_id)  # NotFound outside the caller's scope
+        return await self.analyses.stop_analysis(analysis_id)
+
+    async def analysis_logs(self, analysis_id: str, node_id: str, log_type: str) -> list[Record]:
+        await self.get_analysis(analysis_id)  # NotFound when unknown or outside the scope
+        filters = {
+            key: value for key, value in (("node_id", node_id), ("log_type", log_type)) if value
+        }
+        return await _db(self.store.analysis_logs.for_analysis, analysis_id, **filters)
+
+    async def analysis_result(self, analysis_id: str) -> tuple[Record, bytes]:
+        await self.get_analysis(analysis_id)
+        return await _db(storage.result_of, self.store, self.network.models, analysis_id)
 
     # --- the rest: one get/list pair per record kind ------------------------------------
 

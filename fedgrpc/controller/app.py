@@ -10,18 +10,22 @@ from typing import Any
 import pymongo
 
 from fedgrpc.config import ControllerConfig
+from fedgrpc.controller.analyses import Analyses
 from fedgrpc.controller.api import ControlAPI
+from fedgrpc.controller.broker import Broker
 from fedgrpc.controller.control_service import ControlServicer
 from fedgrpc.controller.model_service import ControllerModelServicer
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.network_service import NetworkServicer
 from fedgrpc.controller.registry import CombinerRegistry
 from fedgrpc.controller.sessions import SessionManager
+from fedgrpc.controller.storage_service import StorageServicer
 from fedgrpc.controller.tokens import TokenAuthority
 from fedgrpc.controller.writer import StateWriter
 from fedgrpc.errors import Unavailable
 from fedgrpc.modelstore import ModelStore, create_model_store
 from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
+from fedgrpc.proto.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.server import (
@@ -90,7 +94,14 @@ class Controller:
         else:
             log.warning("authentication is OFF: anyone who reaches this controller may call it")
         self.sessions = SessionManager(network)
-        self.api = ControlAPI(network, self.sessions)
+        self.broker = Broker(config=config, store=self.store, registry=network.registry)
+        self.analyses = Analyses(
+            config=config, store=self.store, registry=network.registry, broker=self.broker
+        )
+        network.broker, network.analyses = self.broker, self.analyses
+        await self.broker.start()
+        await self.analyses.start()
+        self.api = ControlAPI(network, self.sessions, self.analyses)
         services = [
             Service(
                 servicer=ControlServicer(self.api),
@@ -106,6 +117,11 @@ class Controller:
                 servicer=ControllerModelServicer(network),
                 add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
                 name=service_name(model_pb2, "ModelService"),
+            ),
+            Service(
+                servicer=StorageServicer(self.store, self.models),
+                add_to_server=messaging_pb2_grpc.add_StorageServiceServicer_to_server,
+                name=service_name(messaging_pb2, "StorageService"),
             ),
         ]
         warn_if_plaintext(config.host, config.serves_tls)
@@ -128,6 +144,8 @@ class Controller:
     async def stop(self, grace: float = 5.0) -> None:
         if self.sessions is not None:
             await self.sessions.shutdown()
+            await self.analyses.stop()
+            await self.broker.stop()
         if self.server is not None:
             await self.server.stop(grace)
         await self.writer.stop()

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from fedgrpc.controller.api import ControlAPI
+from fedgrpc.controller.flame_records import analysis_message, log_message, object_message
 from fedgrpc.controller.records import page_args, present_filters, to_message
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
@@ -229,3 +230,47 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: pb.RevokeTokenRequest, context: Context
     ) -> pb.RevokeTokenResponse:
         return pb.RevokeTokenResponse(**await self._api.revoke_token(request.token_id))
+
+    # --- analyses (FLAME) -----------------------------------------------------------------
+
+    async def StartAnalysis(
+        self, request: pb.StartAnalysisRequest, context: Context
+    ) -> pb.Analysis:
+        record = await self._api.start_analysis(
+            analysis_id=request.analysis_id,
+            project_id=request.project_id,
+            entrypoint=request.entrypoint,
+            package_id=request.package_id,
+            nodes=list(request.nodes),
+            aggregator=request.aggregator,
+            settings=struct_to_dict(request.settings),
+            timeout_seconds=request.timeout_seconds,
+        )
+        return analysis_message(record)
+
+    async def GetAnalysis(self, request: pb.GetAnalysisRequest, context: Context) -> pb.Analysis:
+        return analysis_message(await self._api.get_analysis(request.analysis_id))
+
+    async def ListAnalyses(self, request: pb.ListAnalysesRequest, context: Context) -> Any:
+        filters = present_filters(request, ("project_id", "status"))
+        found = await self._api.list_analyses(**page_args(request.page), **filters)
+        return pb.ListAnalysesResponse(
+            count=found["count"], result=[analysis_message(r) for r in found["result"]]
+        )
+
+    async def StopAnalysis(self, request: pb.StopAnalysisRequest, context: Context) -> pb.Analysis:
+        return analysis_message(await self._api.stop_analysis(request.analysis_id))
+
+    async def GetAnalysisLogs(
+        self, request: pb.GetAnalysisLogsRequest, context: Context
+    ) -> pb.GetAnalysisLogsResponse:
+        records = await self._api.analysis_logs(
+            request.analysis_id, request.node_id, request.log_type
+        )
+        return pb.GetAnalysisLogsResponse(logs=[log_message(r) for r in records])
+
+    async def DownloadAnalysisResult(
+        self, request: pb.DownloadAnalysisResultRequest, context: Context
+    ) -> pb.AnalysisResult:
+        record, data = await self._api.analysis_result(request.analysis_id)
+        return pb.AnalysisResult(info=object_message(record), data=data)

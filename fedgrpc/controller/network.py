@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +12,14 @@ from fedgrpc.controller.registry import CombinerLinkState, CombinerRegistry
 from fedgrpc.controller.writer import StateWriter
 from fedgrpc.errors import InvalidArgument
 from fedgrpc.modelstore import ModelStore
+from fedgrpc.proto.messaging.v1 import messaging_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.statestore import StateStore, now_iso
 from fedgrpc.transfer import struct_to_dict
 
 if TYPE_CHECKING:
+    from fedgrpc.controller.analyses import Analyses
+    from fedgrpc.controller.broker import Broker
     from fedgrpc.controller.tokens import TokenAuthority
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ class Network:
         # Issues and revokes tokens; None when the controller runs without authentication.
         self.authority: TokenAuthority | None = None
         self._pending_notifications: set[asyncio.Task[None]] = set()
+        # Analyses (FLAME); set by the app once built. Reports are dispatched to them.
+        self.broker: Broker | None = None
+        self.analyses: Analyses | None = None
 
     async def register(self, registration: network_pb2.RegisterCombiner) -> CombinerLinkState:
         if not registration.name or len(registration.name) > 128:
@@ -74,6 +81,8 @@ class Network:
         if not self.registry.detach(link):
             return
         log.warning("combiner %s unlinked: %s", link.name, link.close_reason or "stream ended")
+        for client_name in link.clients:
+            self._client_offline(client_name)
         name = link.name
         self.writer.submit(lambda: self.store.combiners.update(link.record_id, status="offline"))
         self.writer.submit(
@@ -112,6 +121,8 @@ class Network:
         elif event.kind == network_pb2.ClientEvent.KIND_DISCONNECTED:
             self.registry.client_disconnected(link, event.client.name)
             name = event.client.name
+            if self.registry.link_of_client(name) is None:  # not already back on another one
+                self._client_offline(name)
             self.writer.submit(lambda: _mark_client_offline(self.store, name, link.name))
         self._notify_soon()
 
@@ -125,8 +136,36 @@ class Network:
             "ip": client.ip,
             "last_seen": now_iso(),
         }
+        if client.public_key:  # the node's X25519 key for sealed analysis data
+            fields["public_key"] = base64.b64encode(client.public_key).decode()
         name = client.name
         self.writer.submit(lambda: self.store.clients.upsert(name, **fields))
+        if self.broker is not None:
+            self.broker.client_online(name)
+        if self.analyses is not None:
+            self.analyses.client_online(name)
+
+    def _client_offline(self, name: str) -> None:
+        if self.broker is not None:
+            self.broker.client_offline(name)
+        if self.analyses is not None:
+            self.analyses.client_offline(name)
+
+    # --- analyses (FLAME): the combiner stamped sender / recipient / node_id ---------------
+
+    def _on_message(self, link: CombinerLinkState, envelope: messaging_pb2.Envelope) -> None:
+        if self.broker is not None:
+            self.broker.submit(envelope)
+
+    def _on_ack(self, link: CombinerLinkState, ack: messaging_pb2.Ack) -> None:
+        if self.broker is not None:
+            self.broker.acked(ack)
+
+    def _on_analysis_update(
+        self, link: CombinerLinkState, update: messaging_pb2.AnalysisUpdate
+    ) -> None:
+        if self.analyses is not None:
+            self.analyses.update(update)
 
     def _on_round_result(self, link: CombinerLinkState, result: network_pb2.RoundResult) -> None:
         if not self.registry.deliver("round", result.round_id, link.name, result):

@@ -124,6 +124,13 @@ class CombinerRegistry:
         link.clients.add(client_name)
         link.pending.pop(client_name, None)
 
+    def link_of_client(self, client_name: str) -> CombinerLinkState | None:
+        """The link of the combiner ``client_name`` is connected to, if it is connected."""
+        for link in self.links.values():
+            if client_name in link.clients:
+                return link
+        return None
+
     def client_disconnected(self, link: CombinerLinkState, client_name: str) -> None:
         link.clients.discard(client_name)
 

@@ -31,7 +31,8 @@ import yaml
 from fedgrpc.errors import InvalidArgument
 
 MANIFEST_NAME = "fedgrpc.yaml"
-ENTRY_POINT_NAMES = ("startup", "train", "validate", "predict")
+# "analysis": a FLAME analysis (module:function), run by fedgrpc.flame.runner, not by training.
+ENTRY_POINT_NAMES = ("startup", "train", "validate", "predict", "analysis")
 MAX_MANIFEST_SIZE = 64 * 1024  # a manifest is a few lines; a large one is a mistake or an attack
 
 _KNOWN_KEYS = ("name", "entry_points", "requirements")

@@ -107,8 +107,11 @@ def _start_network(options: RunOptions, data_dir: Path, daemons: list[Daemon]) -
             "FEDGRPC_CLIENT_HEARTBEAT_INTERVAL": "1",
             "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"client-{index}", Role.CLIENT),
         }
-        args = ["client", "start", "--controller", controller.address]
-        args += ["--name", f"client-{index}", "--entry", "fedgrpc.quickstart.digits"]
+        name = f"client-{index}"
+        args = ["client", "start", "--controller", controller.address, "--name", name]
+        # Each node's keys and analysis data stay with the run, never in the home directory.
+        args += ["--data-dir", str(data_dir / "nodes" / name)]
+        args += ["--entry", "fedgrpc.quickstart.digits"]
         daemons.append(start_daemon(f"client-{index}", args, log_dir=logs, env=env))
     return controller
 

@@ -32,6 +32,13 @@ PUBLIC_SERVICES: frozenset[str] = frozenset(
     }
 )
 
+# Services no daemon serves to the network, hence in no server kind's table and never behind a
+# bearer token. NodeService is served by the client daemon on 127.0.0.1 only, to the analysis
+# processes it spawned: analysis code holds no fedgrpc token, so each call instead carries its
+# analysis' secret (handed to that process in its environment), and the servicer refuses every
+# method without a known one (UNAUTHENTICATED) before it runs (fedgrpc/client/node_service.py).
+LOCAL_SERVICES: frozenset[str] = frozenset({"fedgrpc.messaging.v1.NodeService"})
+
 _CONTROL = "fedgrpc.control.v1.ControlService"
 _NETWORK = "fedgrpc.network.v1.NetworkService"
 _MODEL = "fedgrpc.model.v1.ModelService"
@@ -125,6 +132,11 @@ def allowed_roles(server: ServerKind, method: str) -> frozenset[Role]:
     A method without a row is admin-only: forgetting a row fails closed.
     """
     return AUTHORIZATION[server].get(method, _NOBODY) | {Role.ADMIN}
+
+
+def is_local(method: str) -> bool:
+    """Whether ``method`` belongs to a node-local service (authenticated by its own secret)."""
+    return method.lstrip("/").partition("/")[0] in LOCAL_SERVICES
 
 
 def is_allowed(server: ServerKind, method: str, role: Role) -> bool:

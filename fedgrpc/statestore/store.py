@@ -12,6 +12,12 @@ from pymongo.errors import ConfigurationError
 
 from fedgrpc.errors import InvalidArgument
 
+from .analyses import (
+    AnalysisLogRepository,
+    AnalysisRepository,
+    MessageRepository,
+    ObjectRepository,
+)
 from .artifacts import ModelRepository, PackageRepository
 from .base import Backend
 from .events import MetricRepository, StatusRepository, ValidationRepository
@@ -47,6 +53,10 @@ class StateStore:
         self.validations = ValidationRepository(backend.collection(ValidationRepository.spec))
         self.metrics = MetricRepository(backend.collection(MetricRepository.spec))
         self.revocations = RevocationRepository(backend.collection(RevocationRepository.spec))
+        self.analyses = AnalysisRepository(backend.collection(AnalysisRepository.spec))
+        self.analysis_logs = AnalysisLogRepository(backend.collection(AnalysisLogRepository.spec))
+        self.messages = MessageRepository(backend.collection(MessageRepository.spec))
+        self.objects = ObjectRepository(backend.collection(ObjectRepository.spec))
 
     @property
     def backend(self) -> str:

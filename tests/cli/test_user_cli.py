@@ -72,6 +72,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "FEDGRPC_CLIENT_TOKEN": mint_token(keys, f"c{index}", Role.CLIENT),
             }
             args = ["client", "start", "--controller", address, "--name", f"c{index}"]
+            args += ["--data-dir", str(base / "nodes" / f"c{index}")]
             daemons.append(
                 start_daemon(
                     f"c{index}", [*args, "--entry", "tests.e2e.clients"], log_dir=logs, env=env

@@ -198,6 +198,7 @@ class Cluster:
                 "FEDGRPC_CLIENT_TOKEN": self.token(Role.CLIENT, spec.name),
             }
             args = ["client", "start", "--controller", controller, "--name", spec.name]
+            args += ["--data-dir", str(self.root / "nodes" / spec.name)]
             started[spec.name] = self.spawn(spec.name, [*args, "--entry", "tests.e2e.clients"], env)
         for daemon in started.values():
             wait_ready(daemon)

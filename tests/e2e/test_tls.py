@@ -77,6 +77,7 @@ def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path, list[Daemon]]]:
         for index in range(2):
             client = ["client", "start", "--controller", address, "--name", f"c{index}"]
             client += ["--entry", "tests.e2e.clients", *mtls(ours, f"c{index}")]
+            client += ["--data-dir", str(tmp_path / "nodes" / f"c{index}")]
             env = {
                 **ENV,
                 "FEDGRPC_TEST_CLIENT_INDEX": str(index),
@@ -146,9 +147,8 @@ def test_untrusted_and_plaintext_clients_are_kept_out(
     logs, env = tmp_path / "logs", {**ENV, "FEDGRPC_TEST_CLIENT_INDEX": "5"}
 
     def start(name: str, *tls: str) -> Daemon:
-        daemon = start_daemon(
-            name, client_args(address, name, *tls), log_dir=logs, env=env, wait_ready=False
-        )
+        args = [*client_args(address, name, *tls), "--data-dir", str(tmp_path / "nodes" / name)]
+        daemon = start_daemon(name, args, log_dir=logs, env=env, wait_ready=False)
         daemons.append(daemon)
         return daemon
 

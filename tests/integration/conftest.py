@@ -90,15 +90,19 @@ class LocalNetwork:
         validate: Callable[..., Any] | None = None,
         **overrides: Any,
     ) -> Client:
-        settings: dict[str, Any] = {"token": self.token(Role.CLIENT, name) or None, **overrides}
-        config = ClientConfig(
-            controller=self.controller.address,
-            name=name,
-            heartbeat_interval=0.2,
-            reconnect_base_delay=0.05,
-            reconnect_max_delay=0.5,
-            **settings,
-        )
+        settings: dict[str, Any] = {
+            "controller": self.controller.address,
+            "name": name,
+            "heartbeat_interval": 0.2,
+            "reconnect_base_delay": 0.05,
+            "reconnect_max_delay": 0.5,
+            "token": self.token(Role.CLIENT, name) or None,
+            # Keys and analysis data under the test's directory (never the home directory);
+            # the same name gets the same directory, so a restarted client keeps its keys.
+            "data_dir": self.data_dir / "nodes" / name,
+            **overrides,
+        }
+        config = ClientConfig(**settings)
         client = Client(config=config, train=train, validate=validate)
         self.clients.append(client)
         self._tasks.append(asyncio.ensure_future(client.run_async()))
@@ -108,6 +112,15 @@ class LocalNetwork:
             what="clients registered with the controller",
         )
         return client
+
+    async def stop_client(self, name: str) -> None:
+        """Stop a client and wait until the controller sees it gone (its name may be reused)."""
+        index = next(i for i, client in enumerate(self.clients) if client.name == name)
+        client, task = self.clients.pop(index), self._tasks.pop(index)
+        client.stop()
+        await task
+        registry = self.controller.network.registry
+        await eventually(lambda: registry.link_of_client(name) is None, what=f"{name} offline")
 
     async def upload_seed(self, arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> str:
         response = await upload_model(

@@ -121,6 +121,7 @@ def _upload_package(control: Any) -> pb.Package:
 
 def _start_client(controller: str, cache: Path, logs: Path, token: str) -> Daemon:
     args = ["client", "start", "--controller", controller, "--name", "site-1"]
+    args += ["--data-dir", str(logs.parent / "nodes" / "site-1")]
     env = {
         "FEDGRPC_CLIENT_TOKEN": token,
         "FEDGRPC_QUICKSTART_CLIENT": "0",

@@ -14,9 +14,16 @@ import pytest
 import pytest_asyncio
 
 from fedgrpc.security import AUTHORIZATION, AuthInterceptor, FailureLimiter, Role, ServerKind
-from fedgrpc.security.authz import allowed_roles, is_public
+from fedgrpc.security.authz import LOCAL_SERVICES, allowed_roles, is_local, is_public
 from tests.security.conftest import Tokens
-from tests.security.helpers import METHODS, MOUNTED, bearer, invoke, start_kind_server
+from tests.security.helpers import (
+    METHODS,
+    MOUNTED,
+    SERVICES,
+    bearer,
+    invoke,
+    start_kind_server,
+)
 
 pytestmark = pytest.mark.timeout(60)
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -29,7 +36,22 @@ def test_every_rpc_has_a_row_on_each_server_that_mounts_it() -> None:
         expected = {m for m in METHODS if m.split("/")[1] in services}
         assert set(AUTHORIZATION[kind]) == expected, kind
     served = {m for kind in MOUNTED for m in AUTHORIZATION[kind]}
-    assert served == set(METHODS), "an RPC in protos/ is not served by any server kind"
+    local = {m for m in METHODS if is_local(m)}
+    assert not served & local, "a node-local service is also in a token table"
+    assert served | local == set(METHODS), (
+        "an RPC in protos/ is neither served by a server kind nor a declared local service"
+    )
+
+
+def test_local_services_exist_are_not_mounted_and_fail_closed_on_daemons() -> None:
+    # Each declared local service is a real proto service (no stale names hiding a gap).
+    assert set(LOCAL_SERVICES) <= set(SERVICES)
+    for kind, services in MOUNTED.items():
+        assert not set(services) & LOCAL_SERVICES, kind
+    for method in (m for m in METHODS if is_local(m)):
+        assert not is_public(method)
+        for kind in ServerKind:  # mounted on a daemon by mistake: admin only
+            assert allowed_roles(kind, method) == {Role.ADMIN}
 
 
 def test_admin_everywhere_and_only_health_and_reflection_public() -> None:

@@ -136,6 +136,50 @@ def build_revocation(store: StateStore, i: int) -> Record:
     )
 
 
+def build_analysis(store: StateStore, i: int) -> Record:
+    nodes = [f"node-{i}", f"node-{i + 1}"]
+    return store.analyses.create(
+        project_id=always("project_id", i),
+        entrypoint="pkg.mod:main",
+        nodes=nodes,
+        aggregator=nodes[i % 2],
+        status=always("status", i),
+    )
+
+
+def build_analysis_log(store: StateStore, i: int) -> Record:
+    return store.analysis_logs.add(
+        analysis_id=always("analysis_id", i),
+        node_id=always("node_id", i),
+        log_type=always("log_type", i),
+        message=f"line {i}",
+    )
+
+
+def build_message(store: StateStore, i: int) -> Record:
+    return store.messages.add(
+        message_id=uuid.uuid4().hex,
+        analysis_id=always("analysis_id", i),
+        sender=always("sender", i),
+        recipient=always("recipient", i),
+        sequence=(i * 7) % 5,
+        expires_at=f"2030-01-0{1 + i % 3}T00:00:00.000000+00:00",
+        status=always("status", i),
+    )
+
+
+def build_object(store: StateStore, i: int) -> Record:
+    return store.objects.create(
+        analysis_id=always("analysis_id", i),
+        sender=always("sender", i),
+        kind=("intermediate", "result")[i % 2],
+        blob_id=f"object-{i}",
+        size=i % 4,
+        sha256="0" * 64,
+        tag=pick("tag", i),
+    )
+
+
 @dataclass(frozen=True)
 class Kind:
     attr: str
@@ -157,6 +201,10 @@ KINDS = [
     Kind("validations", build_validation),
     Kind("metrics", build_metric),
     Kind("revocations", build_revocation),
+    Kind("analyses", build_analysis),
+    Kind("analysis_logs", build_analysis_log),
+    Kind("messages", build_message),
+    Kind("objects", build_object),
 ]
 each_kind = pytest.mark.parametrize("kind", KINDS, ids=[kind.attr for kind in KINDS])
 
@@ -628,6 +676,80 @@ def test_event_records_keep_their_fields_and_defaults(store: StateStore) -> None
         )
     with pytest.raises(InvalidArgument):
         store.statuses.add(event_type="", sender_name="c1", sender_role="client")
+
+
+# --- analyses, logs, broker messages, objects ------------------------------------------------
+def test_analysis_nodes_start_with_roles_and_need_the_aggregator(store: StateStore) -> None:
+    analysis = store.analyses.create(
+        id="a1", project_id="p", entrypoint="m:f", nodes=["n1", "n2"], aggregator="n2"
+    )
+    assert analysis["status"] == "starting"
+    assert [(n["node_id"], n["role"], n["status"], n["progress"]) for n in analysis["nodes"]] == [
+        ("n1", "default", "starting", 0),
+        ("n2", "aggregator", "starting", 0),
+    ]
+    with pytest.raises(AlreadyExists):
+        store.analyses.create(
+            id="a1", project_id="p", entrypoint="m:f", nodes=["n1"], aggregator="n1"
+        )
+    with pytest.raises(InvalidArgument, match="aggregator"):
+        store.analyses.create(project_id="p", entrypoint="m:f", nodes=["n1"], aggregator="n9")
+
+
+def test_analysis_modify_never_loses_a_concurrent_change(store: StateStore) -> None:
+    store.analyses.create(id="a", project_id="p", entrypoint="m:f", nodes=["n"], aggregator="n")
+    store.analyses.update("a", counter=0)
+
+    def bump(_: int) -> None:
+        for _ in range(10):
+            store.analyses.modify("a", lambda rec: {"counter": rec["counter"] + 1})
+
+    run_in_threads(4, bump)
+    assert store.analyses.get("a")["counter"] == 40
+    unchanged = store.analyses.get("a")
+    assert store.analyses.modify("a", lambda rec: None) == unchanged
+
+
+def test_messages_keep_arrival_order_per_recipient_and_move_once(store: StateStore) -> None:
+    def add(message_id: str, recipient: str, sequence: int) -> Record:
+        return store.messages.add(
+            message_id=message_id,
+            analysis_id="a",
+            sender="s",
+            recipient=recipient,
+            sequence=sequence,
+            expires_at="2030-01-01T00:00:00.000000+00:00",
+            body="e30=",
+        )
+
+    for index in range(5):
+        add(f"m{index}", "r1", index + 1)
+        add(f"x{index}", "r2", index + 1)
+    with pytest.raises(AlreadyExists):
+        add("m0", "r1", 1)
+    assert ids(store.messages.pending_for("r1")) == [f"m{i}" for i in range(5)]
+    delivered = store.messages.mark("m1", "delivered", delivered_at="now")
+    assert delivered is not None
+    assert delivered["status"] == "delivered"
+    assert store.messages.mark("m1", "delivered") is None  # a duplicate ack changes nothing
+    assert store.messages.mark("m1", "expired") is None  # delivered is final
+    assert store.messages.mark("missing", "delivered") is None
+    assert ids(store.messages.pending_for("r1")) == ["m0", "m2", "m3", "m4"]
+    with pytest.raises(InvalidArgument):
+        store.messages.mark("m2", "lost")
+
+
+def test_logs_come_back_oldest_first_and_objects_check_their_kind(store: StateStore) -> None:
+    for index in range(4):
+        store.analysis_logs.add(
+            analysis_id="a", node_id=f"n{index % 2}", log_type="info", message=str(index)
+        )
+    assert [r["message"] for r in store.analysis_logs.for_analysis("a")] == ["0", "1", "2", "3"]
+    assert [r["message"] for r in store.analysis_logs.for_analysis("a", node_id="n1")] == ["1", "3"]
+    with pytest.raises(InvalidArgument):
+        store.objects.create(
+            analysis_id="a", sender="n", kind="other", blob_id="b", size=1, sha256=""
+        )
 
 
 # --- the generic collection underneath -----------------------------------------------------

@@ -420,6 +420,7 @@ class PutObjectRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     node_id: _builtins.str
     """The storing node; must match the caller's identity."""
@@ -428,6 +429,11 @@ class PutObjectRequest(_message.Message):
     data: _builtins.bytes
     sha256: _builtins.str
     """Optional lowercase hex sha256 of data; DATA_LOSS when it does not match."""
+    id: _builtins.str
+    """The object's id, proposed by the node (uuid4 hex) so it can seal the data bound to the id
+    it will be stored under; empty = the controller assigns one. 1-128 characters from
+    A-Z a-z 0-9 . _ @ : - (no leading dot); ALREADY_EXISTS when the id is taken.
+    """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Nodes the data is sealed for (empty = not encrypted)."""
@@ -442,10 +448,11 @@ class PutObjectRequest(_message.Message):
         data: _builtins.bytes = ...,
         recipients: _abc.Iterable[_builtins.str] | None = ...,
         sha256: _builtins.str = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "content_type", b"content_type", "data", b"data", "node_id", b"node_id", "recipients", b"recipients", "sha256", b"sha256", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "content_type", b"content_type", "data", b"data", "id", b"id", "node_id", b"node_id", "recipients", b"recipients", "sha256", b"sha256", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
