@@ -258,6 +258,7 @@ class AnalysisHost:
                 self.config.controller,
                 max_message_size=self.config.max_message_size,
                 credentials=channel_credentials_for(self.config),
+                token=self.config.token,
             )
         return messaging_pb2_grpc.StorageServiceStub(self._channel)
 

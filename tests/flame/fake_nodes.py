@@ -21,17 +21,21 @@ from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.messaging.v1 import messaging_pb2 as mpb
 from fedgrpc.proto.messaging.v1 import messaging_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
 from tests.integration.conftest import FAST, LocalNetwork, eventually
 
 
 class FakeNode:
     """One node: a Connect stream with a hello, an outgoing queue and what it received."""
 
-    def __init__(self, name: str, combiner_address: str, *, auto_ack: bool = True) -> None:
+    def __init__(
+        self, name: str, combiner_address: str, *, token: str | None, auto_ack: bool = True
+    ) -> None:
         self.name = name
+        self.token = token
         self.auto_ack = auto_ack
         self.public_key = bytes([len(name)]) * 32
-        self.channel = open_channel(combiner_address, max_message_size=16 << 20)
+        self.channel = open_channel(combiner_address, max_message_size=16 << 20, token=token)
         self._outgoing: asyncio.Queue[combiner_pb2.ClientMessage | None] = asyncio.Queue()
         self.messages: list[mpb.Envelope] = []
         self.receipts: list[mpb.Receipt] = []
@@ -113,7 +117,7 @@ class FakeNode:
 
     def storage(self, controller_address: str) -> messaging_pb2_grpc.StorageServiceStub:
         return messaging_pb2_grpc.StorageServiceStub(
-            open_channel(controller_address, max_message_size=16 << 20)
+            open_channel(controller_address, max_message_size=16 << 20, token=self.token)
         )
 
     def bodies(self) -> list[Any]:
@@ -125,6 +129,15 @@ class FakeNode:
             self._call.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         await self.channel.close()
+
+
+def admin_storage(network: LocalNetwork) -> messaging_pb2_grpc.StorageServiceStub:
+    """StorageService with the admin token, which may name any node: for tests of the
+    analysis-membership rules (a node's own token may only name itself)."""
+    channel = open_channel(
+        network.controller.address, max_message_size=16 << 20, token=network.admin_token
+    )
+    return messaging_pb2_grpc.StorageServiceStub(channel)
 
 
 async def start_network(tmp_path: Path, **controller: Any) -> LocalNetwork:
@@ -141,7 +154,9 @@ async def start_network(tmp_path: Path, **controller: Any) -> LocalNetwork:
 
 
 async def add_node(network: LocalNetwork, name: str, combiner: int = 0, **kwargs: Any) -> FakeNode:
-    node = await FakeNode(name, network.combiners[combiner].address, **kwargs).connect()
+    address = network.combiners[combiner].address
+    token = network.token(Role.CLIENT, name) or None
+    node = await FakeNode(name, address, token=token, **kwargs).connect()
     registry = network.controller.network.registry
     await eventually(lambda: registry.link_of_client(name) is not None, what=f"{name} online")
     await network.controller.writer.flush()  # its client record (and public key) is written

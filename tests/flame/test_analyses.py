@@ -13,7 +13,13 @@ import pytest
 
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.messaging.v1 import messaging_pb2 as mpb
-from tests.flame.fake_nodes import FakeNode, add_node, node_offline, start_network
+from tests.flame.fake_nodes import (
+    FakeNode,
+    add_node,
+    admin_storage,
+    node_offline,
+    start_network,
+)
 from tests.integration.conftest import LocalNetwork, eventually
 
 
@@ -226,7 +232,7 @@ async def test_storage_is_for_the_analysis_nodes_and_results_for_the_aggregator(
 ) -> None:
     await add_node(network, "outsider", 1)
     analysis_id = (await start(network)).analysis_id
-    storage = nodes[0].storage(network.controller.address)
+    storage = admin_storage(network)
     put = mpb.PutObjectRequest
     stored = await storage.PutObject(
         put(analysis_id=analysis_id, node_id="n1", tag="sums", data=b"sealed", recipients=["agg"])
@@ -318,7 +324,7 @@ async def test_a_node_proposes_the_object_id_and_reads_back_sender_and_content_t
     network: LocalNetwork, nodes: list[FakeNode]
 ) -> None:
     analysis_id = (await start(network)).analysis_id
-    storage = nodes[0].storage(network.controller.address)
+    storage = admin_storage(network)
     proposed = uuid.uuid4().hex
     request = mpb.PutObjectRequest(
         analysis_id=analysis_id,
@@ -367,3 +373,26 @@ async def test_any_log_type_is_kept(network: LocalNetwork, nodes: list[FakeNode]
     request = control_pb2.GetAnalysisLogsRequest(analysis_id=analysis_id, node_id="n1")
     logs = (await network.control.GetAnalysisLogs(request)).logs
     assert [e.log_type for e in logs if e.message in types] == types
+
+
+async def test_a_node_token_may_only_name_its_own_node(
+    network: LocalNetwork, nodes: list[FakeNode]
+) -> None:
+    analysis_id = (await start(network)).analysis_id
+    n1 = next(node for node in nodes if node.name == "n1")
+    storage = n1.storage(network.controller.address)
+    as_agg = mpb.PutObjectRequest(analysis_id=analysis_id, node_id="agg", data=b"forged")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.PutObject(as_agg)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "subject" in (refused.value.details() or "")
+    result = mpb.SubmitResultRequest(analysis_id=analysis_id, node_id="agg", data=b"forged")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.SubmitResult(result)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    admin = admin_storage(network)
+    listed = await admin.ListObjects(mpb.ListObjectsRequest(analysis_id=analysis_id, node_id="agg"))
+    assert list(listed.objects) == []
+    # Under its own name the same token works.
+    own = mpb.PutObjectRequest(analysis_id=analysis_id, node_id="n1", data=b"mine")
+    assert (await storage.PutObject(own)).sender == "n1"

@@ -34,7 +34,7 @@ async def nodes(network: LocalNetwork) -> list[FakeNode]:
 
 
 async def cli(network: LocalNetwork, *args: str) -> Result:
-    command = [*args, "--controller", network.controller.address]
+    command = [*args, "--controller", network.controller.address, "--token", network.admin_token]
     return await asyncio.to_thread(CliRunner().invoke, main, command)
 
 
@@ -54,7 +54,7 @@ async def finish(network: LocalNetwork, nodes: list[FakeNode], analysis_id: str)
 async def test_api_client_runs_follows_and_downloads(
     network: LocalNetwork, nodes: list[FakeNode], tmp_path: Path
 ) -> None:
-    api = APIClient(network.controller.address)
+    api = APIClient(network.controller.address, token=network.admin_token)
 
     def call(method: str, *args: Any, **kwargs: Any) -> Any:
         return asyncio.to_thread(getattr(api, method), *args, **kwargs)
