@@ -24,6 +24,7 @@ from fedgrpc.rpc.server import (
     start_server,
     warn_if_plaintext,
 )
+from fedgrpc.rpc.streams import close_streams_of_token
 from fedgrpc.security.authz import ServerKind
 from fedgrpc.security.interceptor import AuthInterceptor
 from fedgrpc.security.revocation import LinkedVerifier, RevocationList
@@ -133,8 +134,10 @@ class Combiner:
         if kind == "registered":
             self._trust(command.registered)
         elif kind == "revoked":
-            self.verifier.revocations.add(command.revoked.token_id)
-            log.warning("token %s revoked by the controller", command.revoked.token_id)
+            token_id = command.revoked.token_id
+            self.verifier.revocations.add(token_id)
+            closed = close_streams_of_token(self.core.clients.online(), token_id)
+            log.warning("token %s revoked by the controller (%d streams closed)", token_id, closed)
         elif kind == "round":
             self.core.start_round(command.round)
         elif kind == "validation":

@@ -15,7 +15,7 @@ from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
-from fedgrpc.security.identity import acting_subject, check_acting_as
+from fedgrpc.security.identity import acting_subject, caller_token_id, check_acting_as
 from fedgrpc.security.limits import validate_fields, validate_requests
 from fedgrpc.transfer import model_stream, receive_model
 
@@ -42,6 +42,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         client = self._core.clients.connect(
             hello.name, context.peer(), tuple(hello.tags), public_key=hello.public_key
         )
+        client.token_id = caller_token_id()
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
         welcome = combiner_pb2.Welcome(
             combiner_name=self._core.name,

@@ -12,7 +12,7 @@ from fedgrpc.controller.registry import CombinerLinkState
 from fedgrpc.errors import FedgrpcError
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
-from fedgrpc.security.identity import check_acting_as
+from fedgrpc.security.identity import caller_token_id, check_acting_as
 from fedgrpc.security.limits import validate_fields, validate_requests
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         validate_fields(registration)
         check_acting_as(registration.name, "combiner name")
         link = await network.register(registration)
+        link.token_id = caller_token_id()
         config = network.config
         authority = network.authority
         registered = network_pb2.CombinerRegistered(

@@ -15,6 +15,7 @@ from typing import Any
 from fedgrpc.controller.registry import CombinerRegistry
 from fedgrpc.errors import InvalidArgument
 from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.rpc.streams import close_streams_of_token
 from fedgrpc.security.keystore import bootstrap_admin_token, load_or_create_keypair
 from fedgrpc.security.limits import validate_id
 from fedgrpc.security.revocation import RevocationList
@@ -103,8 +104,11 @@ class TokenAuthority:
         )
         self.revocations.add(token_id)
         command = network_pb2.ControllerCommand(revoked=network_pb2.TokenRevoked(token_id=token_id))
-        for link in self._registry.online():
+        links = self._registry.online()
+        for link in links:
             link.send(command)
+        # A combiner linked with the revoked token itself loses its link (and cannot relink).
+        close_streams_of_token(links, token_id)
         log.warning("token %s revoked by %s", token_id, by or "an admin")
         return record
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -35,6 +35,9 @@ class StreamPeer(Generic[Out]):
     outbox: asyncio.Queue[Out | None] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     close_reason: str = ""
+    # Id (jti) of the token the peer opened the stream with, if auth is on: revoking that
+    # token closes the stream at once instead of at the next call.
+    token_id: str = ""
 
     def send(self, message: Out) -> None:
         self.outbox.put_nowait(message)
@@ -106,3 +109,11 @@ async def _pace(peer: StreamPeer[Out], heartbeat: Out, interval: float, timeout:
             peer.close(f"{SILENCE_PREFIX} from {peer.name} for {timeout:g}s")
             return
         peer.send(heartbeat)
+
+
+def close_streams_of_token(peers: Iterable[StreamPeer[Any]], token_id: str) -> int:
+    """Close every stream opened with ``token_id`` (just revoked); how many were closed."""
+    closed = [peer for peer in peers if token_id and peer.token_id == token_id]
+    for peer in closed:
+        peer.close(f"token {token_id} was revoked")
+    return len(closed)

@@ -32,3 +32,9 @@ def check_acting_as(name: str, what: str) -> None:
 
 def caller_claims() -> Claims | None:
     return current_claims.get()
+
+
+def caller_token_id() -> str:
+    """The id (jti) of the call's token; empty without auth."""
+    claims = current_claims.get()
+    return claims.token_id if claims is not None else ""

@@ -340,3 +340,37 @@ async def test_a_scoped_user_sees_only_its_collaboration(local_network: LocalNet
 def channel_as_scoped(net: LocalNetwork, subject: str, scope: str) -> grpc.aio.Channel:
     token = net.token(Role.USER, subject, scope=scope)
     return open_channel(net.controller.address, max_message_size=16 << 20, token=token)
+
+
+async def test_revoking_a_token_closes_the_streams_opened_with_it(
+    local_network: LocalNetwork,
+) -> None:
+    """Revocation does not wait for the next call: open streams of that token end at once,
+    and the client and the combiner (which cannot get back in) stop for good."""
+    net = local_network
+    combiner_token = await net.control.CreateToken(
+        pb.CreateTokenRequest(role="combiner", subject="gamma")
+    )
+    await net.add_combiner("steady")
+    gamma = await net.add_combiner("gamma", token=combiner_token.token)
+    client_token = await net.control.CreateToken(
+        pb.CreateTokenRequest(role="client", subject="site-r")
+    )
+    client = await net.add_client(
+        "site-r", shift_train(0.1), token=client_token.token, preferred_combiner="steady"
+    )
+    task = net._tasks[net.clients.index(client)]
+    registry = net.controller.network.registry
+
+    await net.control.RevokeToken(pb.RevokeTokenRequest(token_id=client_token.token_id))
+    await eventually(task.done, what="the client to stop after its token was revoked")
+    assert isinstance(task.exception(), Unauthenticated)
+    await eventually(lambda: registry.link_of_client("site-r") is None, what="client gone")
+
+    await net.control.RevokeToken(pb.RevokeTokenRequest(token_id=combiner_token.token_id))
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await asyncio.wait_for(gamma.link_ended(), 20)
+    await eventually(
+        lambda: "gamma" not in {link.name for link in registry.online()}, what="gamma unlinked"
+    )
+    assert "steady" in {link.name for link in registry.online()}
