@@ -11,8 +11,10 @@ from typing import Any
 import grpc
 import pytest
 
-from fedgrpc.proto.control.v1 import control_pb2
+from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
 from fedgrpc.proto.messaging.v1 import messaging_pb2 as mpb
+from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
 from tests.flame.fake_nodes import (
     FakeNode,
     add_node,
@@ -396,3 +398,41 @@ async def test_a_node_token_may_only_name_its_own_node(
     # Under its own name the same token works.
     own = mpb.PutObjectRequest(analysis_id=analysis_id, node_id="n1", data=b"mine")
     assert (await storage.PutObject(own)).sender == "n1"
+
+
+async def test_a_scoped_user_sees_and_starts_analyses_only_in_its_project(
+    network: LocalNetwork, nodes: list[FakeNode]
+) -> None:
+    other = await start(network, project_id="proj-b")
+    token = network.token(Role.USER, "alice", scope="proj-a")
+    channel = open_channel(network.controller.address, max_message_size=1 << 20, token=token)
+    alice = control_pb2_grpc.ControlServiceStub(channel)
+    try:
+        for call in (
+            alice.GetAnalysis(control_pb2.GetAnalysisRequest(analysis_id=other.analysis_id)),
+            alice.GetAnalysisLogs(
+                control_pb2.GetAnalysisLogsRequest(analysis_id=other.analysis_id)
+            ),
+            alice.StopAnalysis(control_pb2.StopAnalysisRequest(analysis_id=other.analysis_id)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as hidden:
+                await call
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        request = {"entrypoint": "m:f", "nodes": ["n1", "agg"], "aggregator": "agg"}
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await alice.StartAnalysis(
+                control_pb2.StartAnalysisRequest(project_id="proj-b", **request)
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        mine = await alice.StartAnalysis(control_pb2.StartAnalysisRequest(**request))
+        assert mine.project_id == "proj-a"
+        listed = await alice.ListAnalyses(control_pb2.ListAnalysesRequest())
+        assert [a.analysis_id for a in listed.result] == [mine.analysis_id]
+        everything = await network.control.ListAnalyses(control_pb2.ListAnalysesRequest())
+        assert {a.analysis_id for a in everything.result} == {
+            mine.analysis_id,
+            other.analysis_id,
+        }
+        assert (await status(network, other.analysis_id)).status != "stopped"
+    finally:
+        await channel.close()
