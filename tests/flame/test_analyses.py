@@ -418,7 +418,7 @@ async def test_a_scoped_user_sees_and_starts_analyses_only_in_its_project(
             with pytest.raises(grpc.aio.AioRpcError) as hidden:
                 await call
             assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
-        request = {"entrypoint": "m:f", "nodes": ["n1", "agg"], "aggregator": "agg"}
+        request: dict[str, Any] = {"entrypoint": "m:f", "nodes": ["n1", "agg"], "aggregator": "agg"}
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await alice.StartAnalysis(
                 control_pb2.StartAnalysisRequest(project_id="proj-b", **request)
