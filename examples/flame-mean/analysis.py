@@ -6,7 +6,9 @@ them to the aggregator as intermediate data sealed for the aggregator (only it c
 the controller and combiners hold ciphertext). The aggregator adds them up and submits the
 federated mean and histogram as a JSON string.
 
-Run it with ``fedgrpc analysis start analysis:main --node ... --aggregator ...`` on nodes whose
+Run it as a compute package (this directory, with its ``fedgrpc.yaml``: ``fedgrpc analysis
+start --package active ...`` once it is the active package; nodes download it), or with
+``fedgrpc analysis start analysis:main --node ... --aggregator ...`` on nodes whose
 ``analysis_python_path`` contains this directory. Settings (``--settings``):
 ``{"columns": ["age", "bmi"], "edges": [0, 20, 40, 60, 80, 100]}``.
 """

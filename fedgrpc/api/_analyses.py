@@ -28,9 +28,11 @@ class AnalysisMethods(APIBase):
         settings: Mapping[str, Any] | None = None,
         timeout: float = 0,
     ) -> Record:
-        """Run ``entrypoint`` ("module:function", or an entry point of ``package_id``) on
+        """Run ``entrypoint`` ("module:function", or with ``package_id`` — a package id or
+        ``"active"`` — the name of one of its entry points, ``""`` meaning ``"analysis"``) on
         ``nodes``, ``aggregator`` among them. ``timeout`` seconds (0: none) bounds the run.
-        The new analysis, status ``starting``."""
+        The new analysis, status ``starting``. NotFound for an unknown package (or none
+        active), InvalidArgument when it has no such module:function entry point."""
         analysis = self.control.start_analysis(
             analysis_id=analysis_id,
             project_id=project_id,

@@ -27,12 +27,18 @@ def analysis_group() -> None:
 
 @analysis_group.command("start")
 @controller_options
-@click.argument("entrypoint")
+@click.argument("entrypoint", required=False, default="")
 @click.option("--node", "nodes", multiple=True, required=True, help="A node (repeat).")
 @click.option("--aggregator", required=True, help="The node that aggregates (one of --node).")
 @click.option("--project", "project_id", default="", help="Project id (default: default).")
 @click.option("--id", "analysis_id", default="", help="Analysis id (default: generated).")
-@click.option("--package", "package_id", default="", help="Compute package id or 'active'.")
+@click.option(
+    "--package",
+    "package_id",
+    default="",
+    help="Compute package id or 'active': ENTRYPOINT names one of its entry points "
+    "(default: analysis).",
+)
 @click.option("--settings", help="JSON object passed to the analysis.")
 @click.option("--timeout", type=float, default=0.0, help="Seconds before it fails (0: none).")
 @click.option("--wait", is_flag=True, help="Wait until it has ended.")
@@ -47,6 +53,8 @@ def start(
     **fields: str | float,
 ) -> None:
     """Run ENTRYPOINT ('module:function', or an entry point of --package) on the nodes."""
+    if not entrypoint and not fields["package_id"]:
+        raise click.UsageError("give ENTRYPOINT (module:function), or --package")
     analysis = api.start_analysis(
         entrypoint,
         list(nodes),

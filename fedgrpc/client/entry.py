@@ -21,7 +21,14 @@ from fedgrpc.packages.commands import (
     command_validate,
 )
 from fedgrpc.packages.fetch import default_cache_dir, fetch_package
-from fedgrpc.packages.manifest import MANIFEST_NAME, EntryPoint, check_references, read_manifest
+from fedgrpc.packages.manifest import (
+    ANALYSIS_ENTRY,
+    MANIFEST_NAME,
+    EntryPoint,
+    check_analysis_entry,
+    check_references,
+    read_manifest,
+)
 from fedgrpc.security.tls import channel_credentials_for
 
 log = logging.getLogger(__name__)
@@ -110,7 +117,7 @@ def load_package(directory: Path) -> EntryPoints:
     manifest = read_manifest(root)
     check_references(manifest, lambda path: (root / path).is_file())
     # The analysis entry point belongs to fedgrpc.flame.runner (see load_analysis_entry).
-    entries = {n: e for n, e in manifest.entry_points.items() if n != "analysis"}
+    entries = {n: e for n, e in manifest.entry_points.items() if n != ANALYSIS_ENTRY}
     if "train" not in entries and "validate" not in entries:
         raise InvalidArgument(f"{root / MANIFEST_NAME}: entry_points needs train or validate")
     if any(not entry.is_command for entry in entries.values()) and str(root) not in sys.path:
@@ -145,14 +152,12 @@ def load_analysis_entry(spec: str, package_dir: Path | None = None) -> Callable[
             raise InvalidArgument(f"analysis entry {spec!r} is not a function")
         return cast(Callable[[], Any], target)
     root = Path(package_dir).resolve()
-    entry = read_manifest(root).entry_points.get(spec or "analysis")
-    if entry is None or entry.module is None:
-        raise InvalidArgument(
-            f"package in {root} has no module:function entry point {spec or 'analysis'!r}"
-        )
+    manifest = read_manifest(root)
+    name = spec or ANALYSIS_ENTRY
+    check_analysis_entry(manifest.specs(), name, package=f"in {root}")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return cast(Callable[[], Any], _load_entry_point(entry, root))
+    return cast(Callable[[], Any], _load_entry_point(manifest.entry_points[name], root))
 
 
 def _load_entry_point(entry: EntryPoint, root: Path) -> Callable[..., Any]:

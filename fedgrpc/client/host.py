@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 READY_PING = SYSTEM_PREFIX + "ready"
 READY_PONG = SYSTEM_PREFIX + "ready-ok"
 FINISHED = SYSTEM_PREFIX + "finished"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_data_dir(name: str) -> Path:
@@ -187,13 +189,27 @@ class AnalysisHost:
         return state
 
     async def _package_dir(self, task: messaging_pb2.AnalysisTask) -> Path | None:
+        """The extracted package the analysis runs from, cached by sha256 in the data dir.
+
+        A cached extraction is complete and checked by construction (see
+        :mod:`fedgrpc.packages.extract`), so when the task names its sha256 and the directory
+        is there, nothing is downloaded; otherwise the package is fetched with this node's
+        credentials, its checksum verified and its members checked before extraction.
+        """
         if not task.package_id:
             return None
+        cache = self.data_dir / "packages"
+        sha256 = task.package_sha256.lower()
+        # Only a bare hex digest may name a cache entry: never a path from the wire.
+        if _SHA256.fullmatch(sha256) and (cache / sha256).is_dir():
+            return cache / sha256
         return await fetch_package(
             self.config.controller,
-            cache_dir=self.data_dir / "packages",
+            cache_dir=cache,
             max_message_size=self.config.max_message_size,
             package_id=task.package_id,
+            credentials=channel_credentials_for(self.config),
+            token=self.config.token,
         )
 
     async def stop(self, analysis_id: str, reason: str = "stopped") -> None:

@@ -17,9 +17,11 @@ from typing import Any
 
 from fedgrpc.config import ControllerConfig
 from fedgrpc.controller import analysis_status as rules
+from fedgrpc.controller import packages
 from fedgrpc.controller.broker import Broker
 from fedgrpc.controller.registry import CombinerRegistry
 from fedgrpc.errors import FailedPrecondition, InvalidArgument, NotFound
+from fedgrpc.packages.manifest import ANALYSIS_ENTRY, check_analysis_entry
 from fedgrpc.proto.messaging.v1 import messaging_pb2 as mpb
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.statestore import Record, StateStore
@@ -89,13 +91,14 @@ class Analyses:
         offline = [name for name in names if not self._online(name)]
         if offline:
             raise FailedPrecondition(f"nodes not connected: {', '.join(offline)}")
-        package_id = await asyncio.to_thread(self._resolve_package, package_id)
+        package = await asyncio.to_thread(self._resolve_package, package_id, entrypoint)
         record = await asyncio.to_thread(
             self.store.analyses.create,
             id=analysis_id or new_id(),
             project_id=project_id or "default",
-            entrypoint=entrypoint or "analysis",
-            package_id=package_id,
+            entrypoint=entrypoint or ANALYSIS_ENTRY,
+            package_id=str(package["id"]) if package else "",
+            package_sha256=str(package["sha256"]) if package else "",
             nodes=names,
             aggregator=aggregator,
             settings=settings,
@@ -264,12 +267,20 @@ class Analyses:
             for n in names
         ]
 
-    def _resolve_package(self, package_id: str) -> str:
+    def _resolve_package(self, package_id: str, entrypoint: str) -> Record | None:
+        """The package record an analysis runs (None without one), "active" resolved now so
+        the analysis keeps its code if another package is made active later. NotFound for an
+        unknown id or no active package; InvalidArgument when the entry point is not one of
+        its module:function entry points."""
         if not package_id:
-            return ""
+            return None
         if package_id == "active":
-            return str(self.store.packages.get_active()["id"])
-        return str(self.store.packages.get(package_id)["id"])
+            record = packages.get_active(self.store)
+        else:
+            record = packages.get(self.store, package_id)
+        label = f"{record.get('name') or 'package'} ({record['id']})"
+        check_analysis_entry(record.get("entry_points") or {}, entrypoint, package=label)
+        return record
 
     def _online(self, name: str) -> bool:
         return self.registry.link_of_client(name) is not None
@@ -314,6 +325,7 @@ def _task(record: Record, name: str, participants: list[mpb.Participant]) -> mpb
         role=_role(name, record["aggregator"]),
         entrypoint=record["entrypoint"],
         package_id=record.get("package_id") or "",
+        package_sha256=record.get("package_sha256") or "",
         participants=participants,
         settings=dict_to_struct(record.get("settings") or {}),
         timeout=float(record.get("timeout_seconds") or 0),

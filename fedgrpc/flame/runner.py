@@ -35,11 +35,18 @@ def main() -> int:
             sys.path.insert(0, entry)
     threading.Thread(target=_exit_when_node_gone, name="node-watch", daemon=True).start()
     from fedgrpc.client.entry import load_analysis_entry
+    from fedgrpc.errors import FedgrpcError
 
     package = os.environ.get("FEDGRPC_ANALYSIS_PACKAGE_DIR") or None
     spec = os.environ.get("FEDGRPC_ANALYSIS_ENTRYPOINT", "")
     try:
         function = load_analysis_entry(spec, Path(package) if package else None)
+    except FedgrpcError as exc:
+        # A wrong entry point or package: one line says it all (it ends up as the node's
+        # failure message); a traceback into fedgrpc's loader would only bury it.
+        print(f"fedgrpc runner: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
         function()
     except SystemExit:
         raise

@@ -16,16 +16,19 @@ from fedgrpc.packages.archive import DEFAULT_LIMITS, PackageLimits, check_member
 from fedgrpc.packages.build import build_package
 from fedgrpc.packages.extract import extract_package
 from fedgrpc.packages.manifest import (
+    ANALYSIS_ENTRY,
     ENTRY_POINT_NAMES,
     MANIFEST_NAME,
     EntryPoint,
     Manifest,
+    check_analysis_entry,
     check_references,
     parse_manifest,
     read_manifest,
 )
 
 __all__ = [
+    "ANALYSIS_ENTRY",
     "DEFAULT_LIMITS",
     "ENTRY_POINT_NAMES",
     "MANIFEST_NAME",
@@ -33,6 +36,7 @@ __all__ = [
     "Manifest",
     "PackageLimits",
     "build_package",
+    "check_analysis_entry",
     "check_member",
     "check_references",
     "extract_package",

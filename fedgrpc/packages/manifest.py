@@ -3,10 +3,11 @@
 Schema (unknown top-level keys are refused, so a typo never silently drops a setting)::
 
     name: digits                     # optional, 1-128 characters
-    entry_points:                    # required; keys among startup, train, validate, predict
-      startup: client:startup        # module:function, the module a file in the package
+    entry_points:                    # required; keys among startup, train, validate, predict,
+      startup: client:startup        #   analysis; module:function, the module a file in the package
       train: client:train
       validate: python validate.py   # anything else is a command (see fedgrpc.packages.commands)
+      analysis: analysis:main        # a FLAME analysis: module:function only (fedgrpc.flame.runner)
     requirements:                    # optional pip requirement strings: recorded, NOT installed
       - scikit-learn>=1.4
 
@@ -32,7 +33,8 @@ from fedgrpc.errors import InvalidArgument
 
 MANIFEST_NAME = "fedgrpc.yaml"
 # "analysis": a FLAME analysis (module:function), run by fedgrpc.flame.runner, not by training.
-ENTRY_POINT_NAMES = ("startup", "train", "validate", "predict", "analysis")
+ANALYSIS_ENTRY = "analysis"
+ENTRY_POINT_NAMES = ("startup", "train", "validate", "predict", ANALYSIS_ENTRY)
 MAX_MANIFEST_SIZE = 64 * 1024  # a manifest is a few lines; a large one is a mistake or an attack
 
 _KNOWN_KEYS = ("name", "entry_points", "requirements")
@@ -107,6 +109,35 @@ def check_references(manifest: Manifest, has_file: Callable[[str], bool]) -> Non
                     f"entry point {entry.name!r} ({entry.spec}) needs {wanted}, "
                     f"which is not in the package"
                 )
+
+
+def check_analysis_entry(specs: Mapping[str, str], name: str, *, package: str) -> str:
+    """The ``module:function`` of entry point ``name`` (default ``analysis``) that an analysis
+    runs from a package with these entry points (name -> spec as written); InvalidArgument
+    naming ``package`` otherwise.
+
+    One check for both sides: the controller runs it on the package record at StartAnalysis,
+    so a wrong name fails the call instead of an analysis on every node, and the node's runner
+    runs it on the extracted manifest before importing anything.
+    """
+    name = name or ANALYSIS_ENTRY
+    spec = specs.get(name)
+    if spec is None:
+        known = ", ".join(sorted(specs)) or "none"
+        hint = (
+            "; with a package, give the name of one of its entry points, not module:function"
+            if ":" in name
+            else f"; add '{name}: module:function' to its {MANIFEST_NAME}"
+        )
+        raise InvalidArgument(
+            f"package {package} has no entry point {name!r} (it has: {known}){hint}"
+        )
+    if not _FUNCTION.fullmatch(spec):
+        raise InvalidArgument(
+            f"package {package}: entry point {name!r} ({spec}) is a command; an analysis "
+            f"runs a module:function"
+        )
+    return spec
 
 
 def _load_yaml(text: str | bytes, source: str) -> Any:

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedgrpc/messaging/v1/messaging.proto\x12\x14\x66\x65\x64grpc.messaging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x08\x45nvelope\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\"Q\n\x03\x41\x63k\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\"w\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"@\n\x0bParticipant\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\xf3\x01\n\x0c\x41nalysisTask\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x12\n\npackage_id\x18\x06 \x01(\t\x12\x37\n\x0cparticipants\x18\x07 \x03(\x0b\x32!.fedgrpc.messaging.v1.Participant\x12)\n\x08settings\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07timeout\x18\t \x01(\x01\"D\n\x0cStopAnalysis\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"n\n\x08LogEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08log_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x0e\x41nalysisUpdate\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12,\n\x04logs\x18\x05 \x03(\x0b\x32\x1e.fedgrpc.messaging.v1.LogEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xe6\x01\n\x0cStoredObject\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\x12\n\nrecipients\x18\x06 \x03(\t\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x04\x12\x0e\n\x06sha256\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x0b \x01(\t\"\x99\x01\n\x10PutObjectRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x12\n\nrecipients\x18\x06 \x03(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\n\n\x02id\x18\x08 \x01(\t\"D\n\x10GetObjectRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"L\n\nObjectData\x12\x30\n\x04info\x18\x01 \x01(\x0b\x32\".fedgrpc.messaging.v1.StoredObject\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"W\n\x12ListObjectsRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\"J\n\x13ListObjectsResponse\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".fedgrpc.messaging.v1.StoredObject\"o\n\x13SubmitResultRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t2\x83\x03\n\x0eStorageService\x12W\n\tPutObject\x12&.fedgrpc.messaging.v1.PutObjectRequest\x1a\".fedgrpc.messaging.v1.StoredObject\x12U\n\tGetObject\x12&.fedgrpc.messaging.v1.GetObjectRequest\x1a .fedgrpc.messaging.v1.ObjectData\x12\x62\n\x0bListObjects\x12(.fedgrpc.messaging.v1.ListObjectsRequest\x1a).fedgrpc.messaging.v1.ListObjectsResponse\x12]\n\x0cSubmitResult\x12).fedgrpc.messaging.v1.SubmitResultRequest\x1a\".fedgrpc.messaging.v1.StoredObjectb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedgrpc/messaging/v1/messaging.proto\x12\x14\x66\x65\x64grpc.messaging.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x08\x45nvelope\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\"Q\n\x03\x41\x63k\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\"w\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\tdelivered\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"@\n\x0bParticipant\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\x8b\x02\n\x0c\x41nalysisTask\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x12\n\npackage_id\x18\x06 \x01(\t\x12\x37\n\x0cparticipants\x18\x07 \x03(\x0b\x32!.fedgrpc.messaging.v1.Participant\x12)\n\x08settings\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07timeout\x18\t \x01(\x01\x12\x16\n\x0epackage_sha256\x18\n \x01(\t\"D\n\x0cStopAnalysis\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"n\n\x08LogEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08log_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x0e\x41nalysisUpdate\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x05\x12,\n\x04logs\x18\x05 \x03(\x0b\x32\x1e.fedgrpc.messaging.v1.LogEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xe6\x01\n\x0cStoredObject\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61nalysis_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\x12\n\nrecipients\x18\x06 \x03(\t\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x0c\n\x04size\x18\x08 \x01(\x04\x12\x0e\n\x06sha256\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x0b \x01(\t\"\x99\x01\n\x10PutObjectRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x12\n\nrecipients\x18\x06 \x03(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\n\n\x02id\x18\x08 \x01(\t\"D\n\x10GetObjectRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"L\n\nObjectData\x12\x30\n\x04info\x18\x01 \x01(\x0b\x32\".fedgrpc.messaging.v1.StoredObject\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"W\n\x12ListObjectsRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\"J\n\x13ListObjectsResponse\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".fedgrpc.messaging.v1.StoredObject\"o\n\x13SubmitResultRequest\x12\x13\n\x0b\x61nalysis_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t2\x83\x03\n\x0eStorageService\x12W\n\tPutObject\x12&.fedgrpc.messaging.v1.PutObjectRequest\x1a\".fedgrpc.messaging.v1.StoredObject\x12U\n\tGetObject\x12&.fedgrpc.messaging.v1.GetObjectRequest\x1a .fedgrpc.messaging.v1.ObjectData\x12\x62\n\x0bListObjects\x12(.fedgrpc.messaging.v1.ListObjectsRequest\x1a).fedgrpc.messaging.v1.ListObjectsResponse\x12]\n\x0cSubmitResult\x12).fedgrpc.messaging.v1.SubmitResultRequest\x1a\".fedgrpc.messaging.v1.StoredObjectb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,27 +42,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTICIPANT']._serialized_start=534
   _globals['_PARTICIPANT']._serialized_end=598
   _globals['_ANALYSISTASK']._serialized_start=601
-  _globals['_ANALYSISTASK']._serialized_end=844
-  _globals['_STOPANALYSIS']._serialized_start=846
-  _globals['_STOPANALYSIS']._serialized_end=914
-  _globals['_LOGENTRY']._serialized_start=916
-  _globals['_LOGENTRY']._serialized_end=1026
-  _globals['_ANALYSISUPDATE']._serialized_start=1029
-  _globals['_ANALYSISUPDATE']._serialized_end=1180
-  _globals['_STOREDOBJECT']._serialized_start=1183
-  _globals['_STOREDOBJECT']._serialized_end=1413
-  _globals['_PUTOBJECTREQUEST']._serialized_start=1416
-  _globals['_PUTOBJECTREQUEST']._serialized_end=1569
-  _globals['_GETOBJECTREQUEST']._serialized_start=1571
-  _globals['_GETOBJECTREQUEST']._serialized_end=1639
-  _globals['_OBJECTDATA']._serialized_start=1641
-  _globals['_OBJECTDATA']._serialized_end=1717
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=1719
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=1806
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=1808
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=1882
-  _globals['_SUBMITRESULTREQUEST']._serialized_start=1884
-  _globals['_SUBMITRESULTREQUEST']._serialized_end=1995
-  _globals['_STORAGESERVICE']._serialized_start=1998
-  _globals['_STORAGESERVICE']._serialized_end=2385
+  _globals['_ANALYSISTASK']._serialized_end=868
+  _globals['_STOPANALYSIS']._serialized_start=870
+  _globals['_STOPANALYSIS']._serialized_end=938
+  _globals['_LOGENTRY']._serialized_start=940
+  _globals['_LOGENTRY']._serialized_end=1050
+  _globals['_ANALYSISUPDATE']._serialized_start=1053
+  _globals['_ANALYSISUPDATE']._serialized_end=1204
+  _globals['_STOREDOBJECT']._serialized_start=1207
+  _globals['_STOREDOBJECT']._serialized_end=1437
+  _globals['_PUTOBJECTREQUEST']._serialized_start=1440
+  _globals['_PUTOBJECTREQUEST']._serialized_end=1593
+  _globals['_GETOBJECTREQUEST']._serialized_start=1595
+  _globals['_GETOBJECTREQUEST']._serialized_end=1663
+  _globals['_OBJECTDATA']._serialized_start=1665
+  _globals['_OBJECTDATA']._serialized_end=1741
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=1743
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=1830
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=1832
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=1906
+  _globals['_SUBMITRESULTREQUEST']._serialized_start=1908
+  _globals['_SUBMITRESULTREQUEST']._serialized_end=2019
+  _globals['_STORAGESERVICE']._serialized_start=2022
+  _globals['_STORAGESERVICE']._serialized_end=2409
 # @@protoc_insertion_point(module_scope)

@@ -206,6 +206,7 @@ class AnalysisTask(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    PACKAGE_SHA256_FIELD_NUMBER: _builtins.int
     analysis_id: _builtins.str
     project_id: _builtins.str
     node_id: _builtins.str
@@ -219,6 +220,10 @@ class AnalysisTask(_message.Message):
     package_id: _builtins.str
     timeout: _builtins.float
     """Seconds the analysis may run on the node before it is stopped as failed; 0 = no limit."""
+    package_sha256: _builtins.str
+    """The sha256 of package_id's tarball: a node holding that extraction in its cache runs it
+    without downloading the package again (empty: always download).
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]:
         """Every node of the analysis, this one included."""
@@ -239,10 +244,11 @@ class AnalysisTask(_message.Message):
         participants: _abc.Iterable[Global___Participant] | None = ...,
         settings: _struct_pb2.Struct | None = ...,
         timeout: _builtins.float = ...,
+        package_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "entrypoint", b"entrypoint", "node_id", b"node_id", "package_id", b"package_id", "participants", b"participants", "project_id", b"project_id", "role", b"role", "settings", b"settings", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_id", b"analysis_id", "entrypoint", b"entrypoint", "node_id", b"node_id", "package_id", b"package_id", "package_sha256", b"package_sha256", "participants", b"participants", "project_id", b"project_id", "role", b"role", "settings", b"settings", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
