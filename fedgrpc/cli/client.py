@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 @click.group("client")
 def client_group() -> None:
-    """A node at a data site that runs your train/validate code."""
+    """A node at a data site that runs your train/validate code and analyses."""
 
 
 @client_group.command("start")
@@ -67,25 +68,35 @@ def client_start(
     package_dir: Path | None,
     **options: Any,
 ) -> None:
-    """Connect to the network and run tasks until SIGINT/SIGTERM."""
-    from fedgrpc.client.entry import load_client_code
+    """Connect to the network and run tasks until SIGINT/SIGTERM.
+
+    Without --entry, --package or --package-from-controller the node runs analyses only.
+    """
+    from fedgrpc.client.entry import EntryPoints, load_client_code
     from fedgrpc.client.node import Client
 
-    if [entry is not None, package is not None, package_from_controller].count(True) != 1:
+    code_sources = [entry is not None, package is not None, package_from_controller].count(True)
+    if code_sources > 1:
         raise click.UsageError(
-            "give exactly one of --entry, --package and --package-from-controller"
+            "give at most one of --entry, --package and --package-from-controller"
         )
     if package_dir is not None and not package_from_controller:
         raise click.UsageError("--package-dir goes with --package-from-controller")
     config = load_config(ClientConfig, path=config_path, overrides=options)
     setup_logging(config.log_level)
-    functions = load_client_code(
-        config,
-        entry=entry,
-        package=package,
-        from_controller=package_from_controller,
-        package_dir=package_dir,
-    )
+    if code_sources == 0:
+        # An analysis-only node (FLAME): it runs the analyses it is sent; training and
+        # validation tasks are answered as failed ("no train function").
+        functions = EntryPoints(train=None, validate=None)
+        logging.getLogger(__name__).info("no training code given: this node runs analyses only")
+    else:
+        functions = load_client_code(
+            config,
+            entry=entry,
+            package=package,
+            from_controller=package_from_controller,
+            package_dir=package_dir,
+        )
     client = Client(config=config, train=functions.train, validate=functions.validate)
 
     async def nothing_to_start() -> None:

@@ -80,7 +80,9 @@ def start_nodes(cluster: Cluster, controller: str, data: Path) -> dict[str, Daem
             "FEDGRPC_CLIENT_TOKEN": cluster.token(Role.CLIENT, name),
         }
         args = ["client", "start", "--controller", controller, "--name", name]
-        nodes[name] = cluster.spawn(name, [*args, "--entry", "tests.e2e.clients"], env)
+        # The aggregator is an analysis-only node (no training code); the others could train.
+        code = [] if name == "agg" else ["--entry", "tests.e2e.clients"]
+        nodes[name] = cluster.spawn(name, [*args, *code], env)
     for daemon in nodes.values():
         daemon.wait_ready()
     control = ControlClient(controller, cluster.admin_token)

@@ -229,12 +229,12 @@ def test_the_cache_defaults_to_the_environment_then_the_home_dir(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--entry", "x", "--package-from-controller"], "exactly one of --entry, --package and"),
-        ([], "exactly one of --entry, --package and"),
+        (["--entry", "x", "--package-from-controller"], "at most one of --entry, --package and"),
+        (["--entry", "x", "--package", "."], "at most one of --entry, --package and"),
         (["--entry", "x", "--package-dir", "cache"], "--package-dir goes with"),
     ],
 )
-def test_client_start_takes_one_source_of_code(args: list[str], says: str) -> None:
+def test_client_start_takes_at_most_one_source_of_code(args: list[str], says: str) -> None:
     result = CliRunner().invoke(main, ["client", "start", *args])
     assert result.exit_code == 2
     assert says in result.output
