@@ -15,7 +15,13 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from fedgrpc.errors import InvalidArgument
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, ChunkAssembler, iter_chunks, sha256_hex
+from fedgrpc.model.chunking import (
+    DEFAULT_CHUNK_SIZE,
+    BufferAssembler,
+    ChunkAssembler,
+    iter_chunks,
+    sha256_hex,
+)
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
 
@@ -27,10 +33,14 @@ _OFFLOAD_JOIN_BYTES = 8 * 1024 * 1024
 
 @dataclass(frozen=True, kw_only=True)
 class ReceivedModel:
-    """A verified upload: its header and its bytes (sha256 and size already checked)."""
+    """A verified upload: its header and its bytes (sha256 and size already checked).
+
+    ``data`` is a writeable ``memoryview`` when received with ``mutable=True``: the receiver
+    owns it and may parse it in place.
+    """
 
     header: model_pb2.ModelHeader
-    data: bytes
+    data: bytes | memoryview
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -55,7 +65,7 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def model_stream(
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     *,
     header: model_pb2.ModelHeader,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -79,7 +89,7 @@ def model_stream(
 
 async def upload_model(
     stub: model_pb2_grpc.ModelServiceStub,
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     *,
     header: model_pb2.ModelHeader,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -103,17 +113,53 @@ async def upload_model(
         return response
 
 
+Reuse = Callable[[str], "bytes | memoryview | None"]
+
+
 async def download_model(
     stub: model_pb2_grpc.ModelServiceStub,
     model_id: str,
     *,
     max_size: int,
     timeout: float | None = None,
+    reuse: Reuse | None = None,
 ) -> ReceivedModel:
-    """Download a model; its size and sha256 are verified against the header."""
+    """Download a model; its size and sha256 are verified against the header.
+
+    ``reuse(sha256)`` may return bytes the caller already holds with the digest the header
+    announces: the download then stops after the header and returns those bytes.
+    """
     request = model_pb2.DownloadRequest(model_id=model_id)
     async with typed_errors():
-        return await receive_model(stub.Download(request, timeout=timeout), max_size=max_size)
+        call = stub.Download(request, timeout=timeout)
+        if reuse is None:
+            return await receive_model(call, max_size=max_size)
+        messages = aiter(call)
+        first = await anext(messages, None)
+        known = _reusable(first, reuse)
+        if first is not None and known is not None:
+            call.cancel()
+            return ReceivedModel(header=first.header, data=known)
+        return await receive_model(prepended(first, messages), max_size=max_size)
+
+
+def _reusable(first: model_pb2.ModelChunk | None, reuse: Reuse) -> bytes | memoryview | None:
+    if first is None or not first.HasField("header") or len(first.header.sha256) != 64:
+        return None
+    known = reuse(first.header.sha256.lower())
+    if known is None or len(known) != first.header.total_size:
+        return None
+    return known
+
+
+async def prepended(
+    first: model_pb2.ModelChunk | None, rest: AsyncIterator[model_pb2.ModelChunk]
+) -> AsyncIterator[model_pb2.ModelChunk]:
+    """A stream with its already-read first message put back in front."""
+    if first is not None:
+        yield first
+    async for message in rest:
+        yield message
 
 
 HeaderCheck = Callable[[model_pb2.ModelHeader], None]
@@ -124,14 +170,17 @@ async def receive_model(
     *,
     max_size: int,
     check_header: HeaderCheck | None = None,
+    mutable: bool = False,
 ) -> ReceivedModel:
     """Read one header-then-chunks stream into verified bytes.
 
     ``check_header`` may raise to refuse the stream as soon as its header is read, before any
-    data is buffered (e.g. an update for a round that has closed).
+    data is buffered (e.g. an update for a round that has closed). With ``mutable`` the chunks
+    are written into one preallocated ``bytearray`` as they arrive (no join: the payload is
+    held once, not twice) and a view of that buffer is returned for the caller to parse in place.
     """
     header: model_pb2.ModelHeader | None = None
-    assembler: ChunkAssembler | None = None
+    assembler: ChunkAssembler | BufferAssembler | None = None
     hashing = _HashBehind()
     async for message in messages:
         if message.HasField("header"):
@@ -140,7 +189,7 @@ async def receive_model(
             header = message.header
             if check_header is not None:
                 check_header(header)
-            assembler = ChunkAssembler(
+            assembler = (BufferAssembler if mutable else ChunkAssembler)(
                 expected_size=header.total_size,
                 expected_sha256=header.sha256 or None,
                 max_size=max_size,
@@ -153,7 +202,7 @@ async def receive_model(
     if header is None or assembler is None:
         raise InvalidArgument("model stream was empty: expected a header and data chunks")
     await hashing.done()
-    if assembler.received < _OFFLOAD_JOIN_BYTES:
+    if isinstance(assembler, BufferAssembler) or assembler.received < _OFFLOAD_JOIN_BYTES:
         return ReceivedModel(header=header, data=assembler.finish())
     # Joining the chunks is a copy of the whole payload; bytes.join drops the GIL for it.
     return ReceivedModel(header=header, data=await asyncio.to_thread(assembler.finish))

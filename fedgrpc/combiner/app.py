@@ -132,13 +132,21 @@ class Combiner:
             await asyncio.shield(self._link_task)
 
     async def _fetch_model(self, model_id: str) -> CachedModel:
+        assert self.core is not None
         received = await download_model(
-            self._model_stub, model_id, max_size=self.config.max_model_size
+            self._model_stub,
+            model_id,
+            max_size=self.config.max_model_size,
+            reuse=self.core.models.by_sha256,  # our own partial, when it became the model
         )
         return CachedModel(model_id=model_id, data=received.data, sha256=received.header.sha256)
 
     async def _upload_partial(
-        self, data: bytes, assignment: network_pb2.RoundAssignment, total_weight: float, count: int
+        self,
+        data: bytes | memoryview,
+        assignment: network_pb2.RoundAssignment,
+        total_weight: float,
+        count: int,
     ) -> str:
         header = model_pb2.ModelHeader(
             session_id=assignment.session_id,
@@ -150,6 +158,8 @@ class Combiner:
         response = await upload_model(
             self._model_stub, data, header=header, chunk_size=self.config.chunk_size
         )
+        if self.core is not None:
+            self.core.models.remember_upload(data, response.sha256)
         return response.model_id
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,9 +14,12 @@ from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.streams import first_message, pump
-from fedgrpc.transfer import model_stream, receive_model
+from fedgrpc.transfer import model_stream, prepended, receive_model
 
 log = logging.getLogger(__name__)
+
+# Updates from this size on are received one at a time (see CombinerModelServicer).
+LARGE_UPDATE_BYTES = 32 * 1024 * 1024
 
 
 class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
@@ -70,6 +74,10 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         self._core = core
         self._chunk_size = chunk_size
         self._ingest = asyncio.Semaphore(max_concurrent_uploads)
+        # Large updates are received one at a time: each in-flight one holds its full size in
+        # memory until folded, and on the combiner's one event loop two streams are no faster
+        # than one. Waiting streams are held back by HTTP/2 flow control, not buffered here.
+        self._large_ingest = asyncio.Lock()
 
     async def Upload(
         self,
@@ -77,15 +85,24 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
         async with self._ingest:
-            update = await receive_model(
-                request_iterator,
-                max_size=self._core.max_model_size,
-                check_header=self._core.check_upload,
-            )
-            await self._core.accept_update(update)
-        return model_pb2.UploadResponse(
-            model_id=update.header.model_id, size=len(update.data), sha256=update.header.sha256
-        )
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            large = first is not None and first.header.total_size >= LARGE_UPDATE_BYTES
+            async with self._large_ingest if large else contextlib.nullcontext():
+                update = await receive_model(
+                    prepended(first, messages),
+                    max_size=self._core.max_model_size,
+                    check_header=self._core.check_upload,
+                    mutable=True,  # parsed and folded in place, never copied
+                )
+                response = model_pb2.UploadResponse(
+                    model_id=update.header.model_id,
+                    size=len(update.data),
+                    sha256=update.header.sha256,
+                )
+                await self._core.accept_update(update)
+                del update  # free the payload before the next large upload is let in
+        return response
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
@@ -94,5 +111,8 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
         # A client may ask for smaller chunks, never for larger than the server's message limit.
         chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
-        for message in model_stream(cached.data, header=header, chunk_size=chunk_size):
-            yield message
+        try:
+            for message in model_stream(cached.data, header=header, chunk_size=chunk_size):
+                yield message
+        finally:
+            self._core.models.downloaded(cached)

@@ -34,11 +34,13 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
             request_iterator,
             max_size=self._network.config.max_model_size,
             check_header=self._check_header,
+            mutable=True,  # one preallocated buffer: the payload is held once, never joined
         )
         if received.header.round_id:
             model_id = f"partial-{uuid.uuid4().hex}"
+            # A partial lives for one round and a crash restarts the round, so it skips fsync.
             stored = await asyncio.to_thread(
-                self._network.models.put_bytes, model_id, received.data
+                self._network.models.put_bytes, model_id, received.data, durable=False
             )
         else:
             model_id, stored = await self._store_seed(received)

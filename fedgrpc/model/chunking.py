@@ -8,6 +8,7 @@ lying stream is cut off at the first chunk that crosses a limit, not after it ha
 from __future__ import annotations
 
 import hashlib
+import mmap
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -25,6 +26,9 @@ from fedgrpc.errors import (
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
+
+# Assembly buffers from this size on are anonymous memory maps (see BufferAssembler).
+_MAP_BYTES = 1024 * 1024
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -210,6 +214,54 @@ class ChunkAssembler:
         if self._pending:
             self._parts.append(bytes(self._pending))
             self._pending = bytearray()
+
+
+class BufferAssembler:
+    """Like :class:`ChunkAssembler`, but writes each chunk into one preallocated buffer of the
+    announced size and hands that buffer out as a writeable ``memoryview``.
+
+    No join and no second copy: peak memory is the payload plus one chunk, and the caller may
+    parse it in place (:func:`fedgrpc.model.load_model` with ``copy=False``) into writeable
+    arrays, e.g. to fold an update into an accumulator that adopts or overwrites them. Large
+    buffers are anonymous memory maps: the OS hands out zero pages as bytes arrive (a
+    ``bytearray`` would be zero-filled up front, a model-sized memset holding the GIL), so a
+    lying header costs address space, not memory, and the size checks cut it off at the first
+    chunk past the announced size or the limit. The map is unmapped when the last view dies.
+    """
+
+    def __init__(
+        self, *, expected_size: int, expected_sha256: str | None = None, max_size: int | None
+    ) -> None:
+        self._verifier = StreamVerifier(
+            expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
+        )
+        self._view = memoryview(_zeroed(expected_size))
+
+    @property
+    def received(self) -> int:
+        return self._verifier.received
+
+    def add(self, chunk: Buffer) -> None:
+        self.add_deferred(chunk)()
+
+    def add_deferred(self, chunk: Buffer) -> Callable[[], None]:
+        """Copy the chunk into place now (after the size checks); return the call that hashes
+        it, to run in order, possibly in a worker thread, before :meth:`finish`."""
+        start = self._verifier.received
+        self._verifier.account(chunk)
+        target = self._view[start : self._verifier.received]
+        target[:] = chunk if not isinstance(chunk, memoryview) else chunk.cast("B")
+        return partial(self._verifier.digest, target)
+
+    def finish(self) -> memoryview:
+        """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
+        self._verifier.finish()
+        return self._view
+
+
+def _zeroed(size: int) -> bytearray | mmap.mmap:
+    """A writeable zeroed buffer; pages of a large one are allocated only once written."""
+    return mmap.mmap(-1, size) if size >= _MAP_BYTES else bytearray(size)
 
 
 def _exceeds(size: int | None, limit: int | None) -> bool:

@@ -55,17 +55,22 @@ class ModelStore(ABC):
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        durable: bool = True,
     ) -> StoredModel:
         """Store a streamed model under a new id.
+
+        ``durable=False`` may skip forcing the data to stable storage (fsync): for scratch
+        models that are deleted soon and need not survive a crash, e.g. a round's partials.
 
         Raises InvalidArgument (bad id), AlreadyExists, PayloadTooLarge (over ``max_size`` or
         ``expected_size``), TruncatedStream, ChecksumMismatch; an exception from ``chunks``
         itself propagates unchanged. In every failure case nothing is stored.
         """
 
-    def put_bytes(self, model_id: str, data: bytes) -> StoredModel:
+    def put_bytes(self, model_id: str, data: Buffer, *, durable: bool = True) -> StoredModel:
         """Store an in-memory model."""
-        return self.put(model_id, iter_chunks(data), expected_size=len(data))
+        size = memoryview(data).nbytes
+        return self.put(model_id, iter_chunks(data), expected_size=size, durable=durable)
 
     @abstractmethod
     def get(self, model_id: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:

@@ -55,6 +55,7 @@ class GridFSModelStore(ModelStore):
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        durable: bool = True,  # GridFS: the database's write concern decides durability
     ) -> StoredModel:
         validate_model_id(model_id)
         verifier = StreamVerifier(
