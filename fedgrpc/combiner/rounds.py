@@ -30,8 +30,9 @@ from fedgrpc.transfer import ReceivedModel, dict_to_struct
 
 log = logging.getLogger(__name__)
 
-# Updates below this size are parsed and folded on the event loop, larger ones in a thread.
-INLINE_FOLD_BYTES = 256 * 1024
+# Updates below this size are parsed (in place: no copy) and folded on the event loop, larger
+# ones in a thread: the check and add cost ~0.5 ms per MB, less than a thread hop under load.
+INLINE_FOLD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import grpc
 
@@ -19,6 +20,9 @@ from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.transfer import ReceivedModel, receive_model
+
+# Models up to this size are read whole in the same worker-thread hop that opens them.
+_READ_AHEAD_BYTES = 4 * 1024 * 1024
 
 
 class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
@@ -75,13 +79,12 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ModelChunk]:
-        record = await asyncio.to_thread(self._network.store.models.get, request.model_id)
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )
-        chunks = await asyncio.to_thread(
-            self._network.models.get, request.model_id, chunk_size=chunk_size
-        )
+        # One worker-thread hop for the record, the open and, for a small model, every chunk:
+        # each hop costs a thread wake-up, and this is on the critical path of every round.
+        record, chunks, first = await asyncio.to_thread(self._open, request.model_id, chunk_size)
         yield model_pb2.ModelChunk(
             header=model_pb2.ModelHeader(
                 model_id=request.model_id,
@@ -90,8 +93,21 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
                 sha256=str(record["sha256"]),
             )
         )
+        for chunk in first:
+            yield model_pb2.ModelChunk(data=chunk)
         async for chunk in _in_thread(chunks):
             yield model_pb2.ModelChunk(data=chunk)
+
+    def _open(
+        self, model_id: str, chunk_size: int
+    ) -> tuple[Mapping[str, Any], Iterator[bytes], list[bytes]]:
+        """The model's record, its chunk iterator, and its first chunks read up front when the
+        whole model is small (then the iterator is exhausted)."""
+        record = self._network.store.models.get(model_id)
+        chunks = self._network.models.get(model_id, chunk_size=chunk_size)
+        if int(record["size"]) > _READ_AHEAD_BYTES:
+            return record, chunks, []
+        return record, iter(()), list(chunks)
 
 
 async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
