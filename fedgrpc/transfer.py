@@ -126,24 +126,26 @@ async def download_model(
     max_size: int,
     timeout: float | None = None,
     reuse: Reuse | None = None,
+    mutable: bool = False,
 ) -> ReceivedModel:
     """Download a model; its size and sha256 are verified against the header.
 
     ``reuse(sha256)`` may return bytes the caller already holds with the digest the header
-    announces: the download then stops after the header and returns those bytes.
+    announces: the download then stops after the header and returns those bytes. ``mutable``
+    is :func:`receive_model`'s (one buffer, no join, returned as a writeable view).
     """
     request = model_pb2.DownloadRequest(model_id=model_id)
     async with typed_errors():
         call = stub.Download(request, timeout=timeout)
         if reuse is None:
-            return await receive_model(call, max_size=max_size)
+            return await receive_model(call, max_size=max_size, mutable=mutable)
         messages = aiter(call)
         first = await anext(messages, None)
         known = _reusable(first, reuse)
         if first is not None and known is not None:
             call.cancel()
             return ReceivedModel(header=first.header, data=known)
-        return await receive_model(prepended(first, messages), max_size=max_size)
+        return await receive_model(prepended(first, messages), max_size=max_size, mutable=mutable)
 
 
 def _reusable(first: model_pb2.ModelChunk | None, reuse: Reuse) -> bytes | memoryview | None:

@@ -246,9 +246,16 @@ class Client:
         return await asyncio.to_thread(locked)
 
     async def _fetch(self, models: model_pb2_grpc.ModelServiceStub, model_id: str) -> Any:
-        received = await download_model(models, model_id, max_size=self.config.max_model_size)
+        # Received into one buffer the arrays then view: no join, no copy of the model.
+        received = await download_model(
+            models, model_id, max_size=self.config.max_model_size, mutable=True
+        )
         arrays = await _off_loop_if_large(
-            len(received.data), load_model, received.data, max_size=self.config.max_model_size
+            len(received.data),
+            load_model,
+            received.data,
+            max_size=self.config.max_model_size,
+            copy=False,
         )
         return as_user_model(arrays)
 

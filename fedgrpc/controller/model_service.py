@@ -44,7 +44,11 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
             model_id = f"partial-{uuid.uuid4().hex}"
             # A partial lives for one round and a crash restarts the round, so it skips fsync.
             stored = await asyncio.to_thread(
-                self._network.models.put_bytes, model_id, received.data, durable=False
+                self._network.models.put_bytes,
+                model_id,
+                received.data,
+                durable=False,
+                verified_sha256=_verified_sha256(received),
             )
         else:
             model_id, stored = await self._store_seed(received)
@@ -63,7 +67,9 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
         await asyncio.to_thread(load_model, received.data, max_size=config.max_model_size)
         model_id = received.header.model_id or uuid.uuid4().hex
         models, store = self._network.models, self._network.store
-        stored = await asyncio.to_thread(models.put_bytes, model_id, received.data)
+        stored = await asyncio.to_thread(
+            models.put_bytes, model_id, received.data, verified_sha256=_verified_sha256(received)
+        )
         name = str(received.metadata.get("name") or f"seed {model_id[:8]}")
         await asyncio.to_thread(
             store.models.create,
@@ -114,3 +120,9 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Read a blocking iterator (disk or GridFS) without stalling the event loop."""
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
+
+
+def _verified_sha256(received: ReceivedModel) -> str | None:
+    """The upload's digest when receive_model checked the bytes against it (the header named
+    one); None makes the store hash them itself."""
+    return received.header.sha256.lower() or None

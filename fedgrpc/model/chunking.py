@@ -72,9 +72,13 @@ class StreamVerifier:
         expected_size: int | None = None,
         expected_sha256: str | None = None,
         max_size: int | None = None,
+        known_sha256: str | None = None,
     ) -> None:
         self.expected_size = _checked_size("expected_size", expected_size)
         self.expected_sha256 = _checked_sha256(expected_sha256)
+        # The digest of the bytes to come, already computed by the caller over exactly them:
+        # they are then only counted, not hashed a second time.
+        self._known_sha256 = _checked_sha256(known_sha256)
         self.max_size = _checked_size("max_size", max_size)
         if _exceeds(self.expected_size, self.max_size):
             # Refuse before a single chunk is read (or a buffer allocated).
@@ -90,6 +94,8 @@ class StreamVerifier:
     @property
     def sha256(self) -> str:
         """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
+        if self._known_sha256 is not None:
+            return self._known_sha256
         return self._hasher.hexdigest()
 
     def update(self, chunk: Buffer) -> None:
@@ -120,7 +126,8 @@ class StreamVerifier:
 
     def digest(self, chunk: Buffer) -> None:
         """Hash one accounted chunk (see :meth:`account`)."""
-        self._hasher.update(chunk)
+        if self._known_sha256 is None:
+            self._hasher.update(chunk)
         self._digested += _nbytes(chunk)
 
     def finish(self) -> None:

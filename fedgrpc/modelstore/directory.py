@@ -38,10 +38,14 @@ class DirectoryModelStore(ModelStore):
         expected_size: int | None = None,
         expected_sha256: str | None = None,
         durable: bool = True,
+        verified_sha256: str | None = None,
     ) -> StoredModel:
         final_path = self._path(model_id)
         verifier = StreamVerifier(
-            expected_size=expected_size, expected_sha256=expected_sha256, max_size=self.max_size
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+            max_size=self.max_size,
+            known_sha256=verified_sha256,
         )
         # Fail before receiving the payload; the link below is what actually guarantees it.
         if final_path.exists():
