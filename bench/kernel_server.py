@@ -40,7 +40,8 @@ class MemoryModelServicer(model_pb2_grpc.ModelServiceServicer):
         request_iterator: AsyncIterator[model_pb2.ModelChunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
-        received = await receive_model(request_iterator, max_size=MAX_MODEL)
+        # Into one buffer, as the combiner receives updates.
+        received = await receive_model(request_iterator, max_size=MAX_MODEL, mutable=True)
         return model_pb2.UploadResponse(
             model_id="upload", size=len(received.data), sha256=received.header.sha256
         )

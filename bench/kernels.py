@@ -146,7 +146,8 @@ async def _grpc_actions(
             raise ValueError("the server received a different size")
 
     async def download() -> None:
-        received = await download_model(stub, "model", max_size=MAX_MODEL)
+        # Into one buffer, as clients receive the global model.
+        received = await download_model(stub, "model", max_size=MAX_MODEL, mutable=True)
         if len(received.data) != len(payload):
             raise ValueError("downloaded a different size")
 

@@ -200,6 +200,8 @@ async def receive_model(
                 expected_sha256=header.sha256 or None,
                 max_size=max_size,
             )
+            if isinstance(assembler, BufferAssembler) and hashing.offload:
+                await asyncio.to_thread(assembler.prepare)  # maps the pages off the loop
         elif assembler is None:
             raise InvalidArgument("model stream must start with a header message")
         else:

@@ -229,11 +229,15 @@ class BufferAssembler:
 
     No join and no second copy: peak memory is the payload plus one chunk, and the caller may
     parse it in place (:func:`fedgrpc.model.load_model` with ``copy=False``) into writeable
-    arrays, e.g. to fold an update into an accumulator that adopts or overwrites them. Large
-    buffers are anonymous memory maps: the OS hands out zero pages as bytes arrive (a
-    ``bytearray`` would be zero-filled up front, a model-sized memset holding the GIL), so a
-    lying header costs address space, not memory, and the size checks cut it off at the first
-    chunk past the announced size or the limit. The map is unmapped when the last view dies.
+    arrays, e.g. to fold an update into an accumulator that adopts or overwrites them.
+
+    Large buffers are anonymous memory maps, unmapped when the last view dies. :meth:`prepare`
+    (in a worker thread: it drops the GIL) maps them with ``MAP_POPULATE``, which faults
+    every page in at once: writing 100 MB into fresh pages one 4 KiB fault at a time took
+    85 ms with the GIL held here, populated 35 ms off the loop plus a 13 ms copy. A buffer
+    not prepared is mapped lazily on the first chunk. The announced size is committed up front
+    either way (as a ``bytearray`` would be): receivers check the header (size limit, open
+    task) before preparing.
     """
 
     def __init__(
@@ -242,7 +246,13 @@ class BufferAssembler:
         self._verifier = StreamVerifier(
             expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
         )
-        self._view = memoryview(_zeroed(expected_size))
+        self._size = expected_size
+        self._view: memoryview | None = None
+
+    def prepare(self) -> None:
+        """Allocate the buffer now (blocking; the GIL is released while pages are mapped)."""
+        if self._view is None:
+            self._view = memoryview(_zeroed(self._size))
 
     @property
     def received(self) -> int:
@@ -256,6 +266,8 @@ class BufferAssembler:
         it, to run in order, possibly in a worker thread, before :meth:`finish`."""
         start = self._verifier.received
         self._verifier.account(chunk)
+        self.prepare()
+        assert self._view is not None  # for mypy: prepare() set it
         target = self._view[start : self._verifier.received]
         target[:] = chunk if not isinstance(chunk, memoryview) else chunk.cast("B")
         return partial(self._verifier.digest, target)
@@ -263,12 +275,17 @@ class BufferAssembler:
     def finish(self) -> memoryview:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
         self._verifier.finish()
+        self.prepare()  # an empty payload never allocated
+        assert self._view is not None  # for mypy: prepare() set it
         return self._view
 
 
 def _zeroed(size: int) -> bytearray | mmap.mmap:
-    """A writeable zeroed buffer; pages of a large one are allocated only once written."""
-    return mmap.mmap(-1, size) if size >= _MAP_BYTES else bytearray(size)
+    """A writeable zeroed buffer; a large one mapped with its pages already faulted in."""
+    if size < _MAP_BYTES:
+        return bytearray(size)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(-1, size, flags=flags)
 
 
 def _exceeds(size: int | None, limit: int | None) -> bool:
