@@ -8,10 +8,11 @@ truncated, corrupted or oversized upload is refused without ever being stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from fedgrpc.errors import InvalidArgument
@@ -34,6 +35,134 @@ _OFFLOAD_JOIN_BYTES = 8 * 1024 * 1024
 _INLINE_PAYLOAD_BYTES = 2 * 1024 * 1024
 
 
+# --- the ModelChunk wire codec -------------------------------------------------------------
+# A data chunk is the message ``ModelChunk{data}``: on the wire, the tag of field 2 with wire
+# type LEN (0x12), the length as a varint, then the bytes. Building and parsing that by hand
+# skips protobuf's copies (into a bytes, into the message, out of it: 73 ms per 100 MB here
+# against 5 ms for one join) and its per-message objects; the bytes on the wire are exactly
+# protobuf's, so peers using the generated code interoperate. Headers, and any message that
+# is not exactly one data field, go through protobuf with all its rules.
+_DATA_TAG = b"\x12"
+_EMPTY_HEADER = model_pb2.ModelHeader()
+_SERVICE = "fedgrpc.model.v1.ModelService"
+
+
+class DataChunk:
+    """A received data chunk: a view of the message's payload bytes, no copy.
+
+    It answers the calls :func:`receive_model` makes on a ``ModelChunk``.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+
+    def HasField(self, field_name: str) -> bool:  # noqa: N802 - protobuf's name
+        return False
+
+    @property
+    def header(self) -> model_pb2.ModelHeader:
+        return _EMPTY_HEADER
+
+
+Chunk = model_pb2.ModelChunk | DataChunk
+
+
+def encode_data_chunk(chunk: bytes | bytearray | memoryview) -> bytes:
+    """The serialized ``ModelChunk(data=chunk)``, built with one copy of ``chunk``."""
+    return b"".join((_DATA_TAG, _varint(memoryview(chunk).nbytes), chunk))
+
+
+def serialize_chunk(message: model_pb2.ModelChunk | bytes) -> bytes:
+    """gRPC serializer for model streams: pre-encoded bytes pass as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def decode_chunk(raw: bytes) -> Chunk:
+    """gRPC deserializer for model streams: a lone data field becomes a :class:`DataChunk`
+    viewing ``raw``; anything else is parsed by protobuf."""
+    if raw[:1] == _DATA_TAG:
+        length, start = _read_varint(raw, 1)
+        if length >= 0 and start + length == len(raw):
+            return DataChunk(memoryview(raw)[start:])
+    return model_pb2.ModelChunk.FromString(raw)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(raw: bytes, position: int) -> tuple[int, int]:
+    """(value, next position), or (-1, 0) when malformed or longer than 10 bytes."""
+    value = shift = 0
+    for index in range(position, min(position + 10, len(raw))):
+        byte = raw[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, 0
+
+
+class ModelTransferStub(model_pb2_grpc.ModelServiceStub):
+    """The ModelService client with the hand-built codec: :func:`upload_model` sends data
+    chunks pre-encoded and :func:`download_model` receives them as :class:`DataChunk`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.Upload = channel.stream_unary(
+            f"/{_SERVICE}/Upload",
+            request_serializer=serialize_chunk,
+            response_deserializer=model_pb2.UploadResponse.FromString,
+            _registered_method=True,
+        )
+        self.Download = channel.unary_stream(
+            f"/{_SERVICE}/Download",
+            request_serializer=model_pb2.DownloadRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+            _registered_method=True,
+        )
+
+
+class ModelServicer(Protocol):
+    """What :func:`add_model_service` mounts (the generated base class types Download as
+    yielding ``ModelChunk`` only)."""
+
+    def Upload(  # noqa: N802 - the RPC's name
+        self, request_iterator: AsyncIterator[Chunk], context: grpc.aio.ServicerContext
+    ) -> Awaitable[model_pb2.UploadResponse]: ...
+
+    def Download(  # noqa: N802 - the RPC's name
+        self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_pb2.ModelChunk | bytes]: ...
+
+
+def add_model_service(servicer: ModelServicer, server: grpc.aio.Server) -> None:
+    """Register a ModelService servicer with the hand-built codec: its Upload receives
+    ``ModelChunk`` or :class:`DataChunk` messages, its Download may yield ``ModelChunk``
+    messages or pre-encoded bytes (:func:`encoded_model_stream`, :func:`encode_data_chunk`)."""
+    handlers = {
+        "Upload": grpc.stream_unary_rpc_method_handler(
+            servicer.Upload,
+            request_deserializer=decode_chunk,
+            response_serializer=model_pb2.UploadResponse.SerializeToString,
+        ),
+        "Download": grpc.unary_stream_rpc_method_handler(
+            servicer.Download,
+            request_deserializer=model_pb2.DownloadRequest.FromString,
+            response_serializer=serialize_chunk,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    server.add_registered_method_handlers(_SERVICE, handlers)
+
+
+# --- streams ---------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class ReceivedModel:
     """A verified upload: its header and its bytes (sha256 and size already checked).
@@ -79,15 +208,36 @@ def model_stream(
     over the bytes for every download.
     """
     view = memoryview(data)
+    yield model_pb2.ModelChunk(header=_complete_header(view, header, chunk_size))
+    for chunk in iter_chunks(view, chunk_size):
+        yield model_pb2.ModelChunk(data=bytes(chunk))
+
+
+def _complete_header(
+    view: memoryview, header: model_pb2.ModelHeader, chunk_size: int
+) -> model_pb2.ModelHeader:
     complete = model_pb2.ModelHeader()
     complete.CopyFrom(header)
     complete.total_size = view.nbytes
     complete.chunk_size = chunk_size
     if not complete.sha256:
         complete.sha256 = sha256_hex(view)
-    yield model_pb2.ModelChunk(header=complete)
+    return complete
+
+
+def encoded_model_stream(
+    data: bytes | bytearray | memoryview,
+    *,
+    header: model_pb2.ModelHeader,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterable[bytes]:
+    """:func:`model_stream` pre-encoded: for :class:`ModelTransferStub` and servicers
+    registered with :func:`add_model_service`."""
+    view = memoryview(data)
+    complete = _complete_header(view, header, chunk_size)
+    yield model_pb2.ModelChunk(header=complete).SerializeToString()
     for chunk in iter_chunks(view, chunk_size):
-        yield model_pb2.ModelChunk(data=bytes(chunk))
+        yield encode_data_chunk(chunk)
 
 
 async def upload_model(
@@ -107,8 +257,11 @@ async def upload_model(
         hashed.sha256 = await asyncio.to_thread(sha256_hex, data)
         header = hashed
 
-    async def messages() -> AsyncIterator[model_pb2.ModelChunk]:
-        for message in model_stream(data, header=header, chunk_size=chunk_size):
+    encoded = isinstance(stub, ModelTransferStub)
+
+    async def messages() -> AsyncIterator[model_pb2.ModelChunk | bytes]:
+        stream = encoded_model_stream if encoded else model_stream
+        for message in stream(data, header=header, chunk_size=chunk_size):
             yield message
 
     async with typed_errors():
@@ -148,7 +301,7 @@ async def download_model(
         return await receive_model(prepended(first, messages), max_size=max_size, mutable=mutable)
 
 
-def _reusable(first: model_pb2.ModelChunk | None, reuse: Reuse) -> bytes | memoryview | None:
+def _reusable(first: Chunk | None, reuse: Reuse) -> bytes | memoryview | None:
     if first is None or not first.HasField("header") or len(first.header.sha256) != 64:
         return None
     known = reuse(first.header.sha256.lower())
@@ -157,9 +310,7 @@ def _reusable(first: model_pb2.ModelChunk | None, reuse: Reuse) -> bytes | memor
     return known
 
 
-async def prepended(
-    first: model_pb2.ModelChunk | None, rest: AsyncIterator[model_pb2.ModelChunk]
-) -> AsyncIterator[model_pb2.ModelChunk]:
+async def prepended(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     """A stream with its already-read first message put back in front."""
     if first is not None:
         yield first
@@ -171,7 +322,7 @@ HeaderCheck = Callable[[model_pb2.ModelHeader], None]
 
 
 async def receive_model(
-    messages: AsyncIterator[model_pb2.ModelChunk],
+    messages: AsyncIterator[Chunk],
     *,
     max_size: int,
     check_header: HeaderCheck | None = None,

@@ -38,7 +38,13 @@ from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import call, open_channel
 from fedgrpc.security.tls import channel_credentials_for
-from fedgrpc.transfer import dict_to_struct, download_model, struct_to_dict, upload_model
+from fedgrpc.transfer import (
+    ModelTransferStub,
+    dict_to_struct,
+    download_model,
+    struct_to_dict,
+    upload_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +154,7 @@ class Client:
             credentials=channel_credentials_for(self.config),
         )
         outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
-        models = model_pb2_grpc.ModelServiceStub(channel)
+        models = ModelTransferStub(channel)
         stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(self._outgoing(outbox))
         stopper = asyncio.ensure_future(self._cancel_on_stop(stream))
         try:

@@ -13,7 +13,7 @@ from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
 from fedgrpc.config import CombinerConfig
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.channel import open_channel
 from fedgrpc.rpc.server import (
@@ -24,7 +24,13 @@ from fedgrpc.rpc.server import (
     warn_if_plaintext,
 )
 from fedgrpc.security.tls import channel_credentials_for, server_credentials_for
-from fedgrpc.transfer import dict_to_struct, download_model, upload_model
+from fedgrpc.transfer import (
+    ModelTransferStub,
+    add_model_service,
+    dict_to_struct,
+    download_model,
+    upload_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ class Combiner:
             credentials=channel_credentials_for(config),
         )
         self._channel = channel
-        self._model_stub = model_pb2_grpc.ModelServiceStub(channel)
+        self._model_stub = ModelTransferStub(channel)
         # The default name includes the bound port, so the core learns its name after binding.
         core = CombinerCore(
             name=self.name,
@@ -76,7 +82,7 @@ class Combiner:
                     chunk_size=config.chunk_size,
                     max_concurrent_uploads=config.max_concurrent_uploads,
                 ),
-                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),
         ]

@@ -12,9 +12,9 @@ import grpc
 from fedgrpc.combiner.core import CombinerCore
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.streams import first_message, pump
-from fedgrpc.transfer import model_stream, prepended, receive_model
+from fedgrpc.transfer import Chunk, encoded_model_stream, prepended, receive_model
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
             )
 
 
-class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
-    """Clients download global models here and upload their updates."""
+class CombinerModelServicer:
+    """Clients download global models here and upload their updates (mount it with
+    :func:`fedgrpc.transfer.add_model_service`: Download yields pre-encoded chunks)."""
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Upload(
         self,
-        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
         async with self._ingest:
@@ -106,13 +107,14 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_pb2.ModelChunk]:
+    ) -> AsyncIterator[bytes]:
         cached = await self._core.models.get(request.model_id)
         header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
         # A client may ask for smaller chunks, never for larger than the server's message limit.
         chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
         try:
-            for message in model_stream(cached.data, header=header, chunk_size=chunk_size):
+            stream = encoded_model_stream(cached.data, header=header, chunk_size=chunk_size)
+            for message in stream:  # registered with add_model_service: pre-encoded
                 yield message
         finally:
             self._core.models.downloaded(cached)

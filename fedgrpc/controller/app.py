@@ -20,7 +20,7 @@ from fedgrpc.controller.writer import StateWriter
 from fedgrpc.errors import Unavailable
 from fedgrpc.modelstore import ModelStore, create_model_store
 from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.server import (
     RunningServer,
@@ -31,6 +31,7 @@ from fedgrpc.rpc.server import (
 )
 from fedgrpc.security.tls import server_credentials_for
 from fedgrpc.statestore import StateStore, open_mongo_statestore, open_statestore
+from fedgrpc.transfer import add_model_service
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Controller:
             ),
             Service(
                 servicer=ControllerModelServicer(network),
-                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),
         ]

@@ -18,20 +18,20 @@ from fedgrpc.controller.network import Network
 from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
-from fedgrpc.transfer import ReceivedModel, receive_model
+from fedgrpc.proto.model.v1 import model_pb2
+from fedgrpc.transfer import Chunk, ReceivedModel, encode_data_chunk, receive_model
 
 # Models up to this size are read whole in the same worker-thread hop that opens them.
 _READ_AHEAD_BYTES = 4 * 1024 * 1024
 
 
-class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
+class ControllerModelServicer:
     def __init__(self, network: Network) -> None:
         self._network = network
 
     async def Upload(
         self,
-        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
         received = await receive_model(
@@ -84,7 +84,7 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_pb2.ModelChunk]:
+    ) -> AsyncIterator[model_pb2.ModelChunk | bytes]:
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )
@@ -100,9 +100,9 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
             )
         )
         for chunk in first:
-            yield model_pb2.ModelChunk(data=chunk)
+            yield encode_data_chunk(chunk)  # mounted with add_model_service
         async for chunk in _in_thread(chunks):
-            yield model_pb2.ModelChunk(data=chunk)
+            yield encode_data_chunk(chunk)  # mounted with add_model_service
 
     def _open(
         self, model_id: str, chunk_size: int
