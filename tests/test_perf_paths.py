@@ -172,6 +172,9 @@ def test_cache_releases_a_large_model_after_the_expected_downloads() -> None:
         cache.downloaded(cached)
         await cache.get("m")  # released, fetched anew
         assert fetches == ["m", "m"]
+        cache.downloaded(cached)  # a download nobody announced (validation) keeps it
+        await cache.get("m")
+        assert fetches == ["m", "m"]
 
     asyncio.run(scenario())
 

@@ -247,7 +247,6 @@ class CombinerCore:
         self._validations.add(validation)
         try:
             validation.dispatch(self.clients.online())
-            self.models.expect_downloads(assignment.model_id, len(validation.task_ids))
             for task_id in validation.task_ids:
                 self._tasks[task_id] = validation
             await validation.run_to_end()

@@ -52,18 +52,22 @@ class ModelCache:
         return await asyncio.shield(task)
 
     def expect_downloads(self, model_id: str, count: int) -> None:
-        """``count`` more clients were sent a task on ``model_id`` (see :meth:`downloaded`)."""
+        """``count`` more clients were sent a train task on ``model_id`` (see
+        :meth:`downloaded`)."""
         self._expected[model_id] = self._expected.get(model_id, 0) + count
 
     def downloaded(self, model: CachedModel) -> None:
         """One download of ``model`` ended (served or not).
 
-        Once every client sent a task on a large model has fetched it, the cache lets it go:
-        the rest of the round (receiving and folding updates) then runs without a model-sized
-        buffer nobody reads. A client that asks again later (a retry, a late validation) gets
-        it fetched anew from the controller; small models stay, they cost little.
+        Once every client sent a train task on a large model has fetched it, the cache lets it
+        go: the rest of the round (receiving and folding updates) then runs without a
+        model-sized buffer nobody reads. A client that asks again later (a retry) gets it
+        fetched anew from the controller. Downloads nobody announced (validation passes, whose
+        model is usually the next round's) never release anything; small models stay too.
         """
-        left = self._expected.get(model.model_id, 0) - 1
+        if model.model_id not in self._expected:
+            return
+        left = self._expected[model.model_id] - 1
         if left > 0:
             self._expected[model.model_id] = left
             return
