@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fedgrpc.model.chunking import sha256_hex
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.server import Service, service_name, start_server
-from fedgrpc.transfer import model_stream, receive_model
+from fedgrpc.transfer import Chunk, add_model_service, encoded_model_stream, receive_model
 
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_MODEL = 2048 * 1024 * 1024
 
 
-class MemoryModelServicer(model_pb2_grpc.ModelServiceServicer):
+class MemoryModelServicer:
     """Keeps the last upload; serves a payload of ``size`` bytes for downloads."""
 
     def __init__(self, size: int) -> None:
@@ -37,26 +37,27 @@ class MemoryModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Upload(  # noqa: N802 - the RPC's name
         self,
-        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
-        received = await receive_model(request_iterator, max_size=MAX_MODEL)
+        # Into one buffer, as the combiner receives updates.
+        received = await receive_model(request_iterator, max_size=MAX_MODEL, mutable=True)
         return model_pb2.UploadResponse(
             model_id="upload", size=len(received.data), sha256=received.header.sha256
         )
 
     async def Download(  # noqa: N802 - the RPC's name
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_pb2.ModelChunk]:
+    ) -> AsyncIterator[bytes]:
         header = model_pb2.ModelHeader(model_id=request.model_id, sha256=self._sha256)
-        for message in model_stream(self._data, header=header):
+        for message in encoded_model_stream(self._data, header=header):
             yield message
 
 
 async def serve_grpc(size: int) -> None:
     service = Service(
         servicer=MemoryModelServicer(size),
-        add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+        add_to_server=add_model_service,
         name=service_name(model_pb2, "ModelService"),
     )
     server = await start_server(

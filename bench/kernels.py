@@ -20,9 +20,9 @@ from bench.kernel_server import receive_exactly
 from bench.procs import Child, spawn, stop_all, this_python
 from bench.results import KernelResult
 from fedgrpc.aggregators import WeightedMeanAccumulator
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.channel import open_channel
-from fedgrpc.transfer import download_model, upload_model
+from fedgrpc.transfer import ModelTransferStub, download_model, upload_model
 
 MAX_MODEL = 2048 * 1024 * 1024
 
@@ -137,7 +137,7 @@ async def _grpc_actions(
     port: int, payload: bytes
 ) -> tuple[grpc.aio.Channel, dict[str, Callable[[], Coroutine[Any, Any, None]]]]:
     channel = open_channel(f"127.0.0.1:{port}", max_message_size=16 * 1024 * 1024)
-    stub = model_pb2_grpc.ModelServiceStub(channel)
+    stub = ModelTransferStub(channel)
     header = model_pb2.ModelHeader(model_id="upload")
 
     async def upload() -> None:
@@ -146,7 +146,8 @@ async def _grpc_actions(
             raise ValueError("the server received a different size")
 
     async def download() -> None:
-        received = await download_model(stub, "model", max_size=MAX_MODEL)
+        # Into one buffer, as clients receive the global model.
+        received = await download_model(stub, "model", max_size=MAX_MODEL, mutable=True)
         if len(received.data) != len(payload):
             raise ValueError("downloaded a different size")
 

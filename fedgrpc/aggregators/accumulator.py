@@ -127,6 +127,14 @@ class WeightedMeanAccumulator:
         self._check_arrays(mean, "partial mean", lambda spec: {spec.dtype, spec.accumulation_dtype})
         self._fold(mean, checked_weight, set(), added_count=checked_count)
 
+    def check_partial(
+        self, mean: Mapping[str, npt.NDArray[Any]], total_weight: float, count: int
+    ) -> None:
+        """Raise what :meth:`merge_partial` would raise for these arguments; change nothing."""
+        _checked_weight(total_weight, "total_weight")
+        _checked_count(count)
+        self._check_arrays(mean, "partial mean", lambda spec: {spec.dtype, spec.accumulation_dtype})
+
     def mean(self) -> Arrays:
         """The weighted mean in the reference dtypes: ints rounded (ties to even), bools >= 0.5."""
         return {
@@ -141,6 +149,18 @@ class WeightedMeanAccumulator:
             if self._sums is None:
                 raise FailedPrecondition("the accumulator is empty: add an update first")
             return {name: self._divided(total) for name, total in self._sums.items()}
+
+    def take_partial_mean(self) -> Arrays:
+        """:meth:`partial_mean` computed in place over the sums, which it hands over: no second
+        model in memory. The accumulator is empty afterwards (as after :meth:`reset`)."""
+        with self._lock:
+            if self._sums is None:
+                raise FailedPrecondition("the accumulator is empty: add an update first")
+            sums, divisor = self._sums, self._relative_total
+            self._reset_state()
+        for total in sums.values():
+            np.divide(total, divisor, out=total)
+        return sums
 
     def _divided(self, total: npt.NDArray[Any]) -> npt.NDArray[Any]:
         # out= keeps 0-d tensors arrays; without it numpy hands back a scalar.

@@ -15,8 +15,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 
@@ -39,9 +39,17 @@ from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import call, open_channel
 from fedgrpc.security.tls import channel_credentials_for
-from fedgrpc.transfer import dict_to_struct, download_model, struct_to_dict, upload_model
+from fedgrpc.transfer import (
+    ModelTransferStub,
+    dict_to_struct,
+    download_model,
+    struct_to_dict,
+    upload_model,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Errors no amount of retrying fixes: the client gives up and says why.
 FATAL_ERRORS = (Unauthenticated, PermissionDenied, TlsHandshakeFailed)
@@ -159,7 +167,7 @@ class Client:
             token=self.config.token,
         )
         outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
-        models = model_pb2_grpc.ModelServiceStub(channel)
+        models = ModelTransferStub(channel)
         stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(self._outgoing(outbox))
         stopper = asyncio.ensure_future(self._cancel_on_stop(stream))
         try:
@@ -266,9 +274,16 @@ class Client:
         return await asyncio.to_thread(locked)
 
     async def _fetch(self, models: model_pb2_grpc.ModelServiceStub, model_id: str) -> Any:
-        received = await download_model(models, model_id, max_size=self.config.max_model_size)
-        arrays = await asyncio.to_thread(
-            load_model, received.data, max_size=self.config.max_model_size
+        # Received into one buffer the arrays then view: no join, no copy of the model.
+        received = await download_model(
+            models, model_id, max_size=self.config.max_model_size, mutable=True
+        )
+        arrays = await _off_loop_if_large(
+            len(received.data),
+            load_model,
+            received.data,
+            max_size=self.config.max_model_size,
+            copy=False,
         )
         return as_user_model(arrays)
 
@@ -286,7 +301,7 @@ class Client:
             result = await self._call_user(self._train, model, struct_to_dict(task.settings))
             new_model, metadata = _train_output(result)
             metadata = {**metadata, "train_seconds": time.monotonic() - started}
-            data = await asyncio.to_thread(dump_model, new_model)
+            data = await _off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
             header = model_pb2.ModelHeader(
                 task_id=task.task_id,
                 session_id=task.session_id,
@@ -327,6 +342,25 @@ class Client:
         except Exception as exc:
             log.warning("client %s: validate failed: %s", self.name, exc)
             _fail(outbox, task.task_id, f"validate raised {type(exc).__name__}: {exc}")
+
+
+# Models below this size are parsed and serialized on the event loop: for them a worker-thread
+# hop costs more than the work (the user's own code always runs in a thread).
+_INLINE_MODEL_BYTES = 2 * 1024 * 1024
+
+
+async def _off_loop_if_large(size: int, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    if size < _INLINE_MODEL_BYTES:
+        return function(*args, **kwargs)
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def _model_nbytes(model: Any) -> int:
+    """The bytes of a model's arrays; "large" for anything unexpected (dump_model judges it)."""
+    arrays = model.values() if isinstance(model, Mapping) else model
+    if not isinstance(arrays, (list, tuple)) and not isinstance(model, Mapping):
+        return _INLINE_MODEL_BYTES
+    return sum(int(getattr(array, "nbytes", _INLINE_MODEL_BYTES)) for array in arrays)
 
 
 def _train_output(result: Any) -> tuple[Any, dict[str, Any]]:

@@ -14,7 +14,7 @@ from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
 from fedgrpc.config import CombinerConfig
 from fedgrpc.errors import PermissionDenied
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.channel import open_channel
 from fedgrpc.rpc.server import (
@@ -29,7 +29,13 @@ from fedgrpc.security.authz import ServerKind
 from fedgrpc.security.interceptor import AuthInterceptor
 from fedgrpc.security.revocation import LinkedVerifier, RevocationList
 from fedgrpc.security.tls import channel_credentials_for, server_credentials_for
-from fedgrpc.transfer import dict_to_struct, download_model, upload_model
+from fedgrpc.transfer import (
+    ModelTransferStub,
+    add_model_service,
+    dict_to_struct,
+    download_model,
+    upload_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,7 @@ class Combiner:
             token=config.require_token(),
         )
         self._channel = channel
-        self._model_stub = model_pb2_grpc.ModelServiceStub(channel)
+        self._model_stub = ModelTransferStub(channel)
         # The default name includes the bound port, so the core learns its name after binding.
         core = CombinerCore(
             name=self.name,
@@ -85,7 +91,7 @@ class Combiner:
                     chunk_size=config.chunk_size,
                     max_concurrent_uploads=config.max_concurrent_uploads,
                 ),
-                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),
         ]
@@ -164,13 +170,21 @@ class Combiner:
             await asyncio.shield(self._link_task)
 
     async def _fetch_model(self, model_id: str) -> CachedModel:
+        assert self.core is not None
         received = await download_model(
-            self._model_stub, model_id, max_size=self.config.max_model_size
+            self._model_stub,
+            model_id,
+            max_size=self.config.max_model_size,
+            reuse=self.core.models.by_sha256,  # our own partial, when it became the model
         )
         return CachedModel(model_id=model_id, data=received.data, sha256=received.header.sha256)
 
     async def _upload_partial(
-        self, data: bytes, assignment: network_pb2.RoundAssignment, total_weight: float, count: int
+        self,
+        data: bytes | memoryview,
+        assignment: network_pb2.RoundAssignment,
+        total_weight: float,
+        count: int,
     ) -> str:
         header = model_pb2.ModelHeader(
             session_id=assignment.session_id,
@@ -182,6 +196,8 @@ class Combiner:
         response = await upload_model(
             self._model_stub, data, header=header, chunk_size=self.config.chunk_size
         )
+        if self.core is not None:
+            self.core.models.remember_upload(data, response.sha256)
         return response.model_id
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -19,7 +19,7 @@ from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
 from fedgrpc.combiner.validation import ValidationPass
 from fedgrpc.errors import FailedPrecondition, FedgrpcError, PermissionDenied
-from fedgrpc.model.serialization import dump_model, model_specs
+from fedgrpc.model.serialization import dump_model_shared, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
@@ -28,7 +28,9 @@ from fedgrpc.transfer import ReceivedModel, struct_to_dict
 log = logging.getLogger(__name__)
 
 ReportSink = Callable[[network_pb2.CombinerReport], None]
-UploadPartial = Callable[[bytes, network_pb2.RoundAssignment, float, int], Awaitable[str]]
+UploadPartial = Callable[
+    [bytes | memoryview, network_pb2.RoundAssignment, float, int], Awaitable[str]
+]
 FetchModel = Callable[[str], Awaitable[CachedModel]]
 
 _FROM_NODES = frozenset({"message", "ack", "analysis_update"})
@@ -219,7 +221,8 @@ class CombinerCore:
             self._cancel_pending(round_)
             mean, total_weight, count = await round_.partial_mean()
             if mean is not None:
-                data = await asyncio.to_thread(dump_model, mean)
+                # The mean usually lives in the first update's buffer: shipped as it is.
+                data = await asyncio.to_thread(dump_model_shared, mean)
                 del mean
                 result.model_id = await self._upload_partial(data, assignment, total_weight, count)
             result.total_weight, result.num_updates = total_weight, count
@@ -245,6 +248,7 @@ class CombinerCore:
             self.clients.online(), assignment.requested_clients, assignment.sampling_seed
         )
         round_.dispatch(sampled)
+        self.models.expect_downloads(assignment.model_id, len(sampled))
         for task_id in round_.task_ids:
             self._tasks[task_id] = round_
         return round_

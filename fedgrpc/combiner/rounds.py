@@ -30,6 +30,10 @@ from fedgrpc.transfer import ReceivedModel, dict_to_struct
 
 log = logging.getLogger(__name__)
 
+# Updates below this size are parsed (in place: no copy) and folded on the event loop, larger
+# ones in a thread: the check and add cost ~0.5 ms per MB, less than a thread hop under load.
+INLINE_FOLD_BYTES = 2 * 1024 * 1024
+
 
 @dataclass
 class ClientOutcome:
@@ -138,10 +142,7 @@ class TrainingRound:
         outcome = self._open_outcome(task_id)
         try:
             weight = update_weight(update.metadata)
-            arrays = await asyncio.to_thread(load_model, update.data, max_size=self._max_model_size)
-            async with self._lock:
-                self._ensure_open()
-                await asyncio.to_thread(self._accumulator.add, arrays, weight, consume=True)
+            await self._fold(update.data, weight)
         except InvalidArgument as exc:
             self._finish(outcome, "rejected", message=str(exc))
             raise
@@ -154,6 +155,28 @@ class TrainingRound:
             upload_bytes=len(update.data),
             metadata=metadata,
         )
+
+    async def _fold(self, data: bytes | memoryview, weight: float) -> None:
+        """Parse the update and add it to the accumulator.
+
+        A writeable buffer (the upload's, owned by this round) is parsed in place into views
+        that the accumulator adopts or adds and drops: no copy of the update. Small updates
+        are handled on the event loop, where a thread hop would cost more than the work.
+        """
+        async with self._lock:
+            self._ensure_open()
+            if len(data) < INLINE_FOLD_BYTES:
+                self._parse_and_add([data], weight)
+            else:
+                await asyncio.to_thread(self._parse_and_add, [data], weight)
+
+    def _parse_and_add(self, handed_over: list[bytes | memoryview], weight: float) -> None:
+        # The payload comes in a list emptied here, so its last reference from this call ends
+        # with this frame. Passed directly, the executor's work item would keep it alive a
+        # moment after the awaiting coroutine resumed, and the next upload's buffer would be
+        # filled while this one still held memory: two updates at once at the peak.
+        arrays = load_model(handed_over.pop(), max_size=self._max_model_size, copy=False)
+        self._accumulator.add(arrays, weight, consume=True)
 
     def task_failed(self, task_id: str, message: str) -> None:
         outcome = self._outcomes.get(task_id)
@@ -222,13 +245,14 @@ class TrainingRound:
     async def partial_mean(self) -> tuple[dict[str, np.ndarray] | None, float, int]:
         """The weighted mean of accepted updates, their total weight and count."""
         async with self._lock:  # waits for a fold that began before the close
-            count = self._accumulator.count
+            count, total_weight = self._accumulator.count, self._accumulator.total_weight
             if count == 0:
                 return None, 0.0, 0
             # Unrounded, in the accumulation dtypes: merging rounded means would not be exact
             # FedAvg for integer, bool and float16 tensors.
-            mean = await asyncio.to_thread(self._accumulator.partial_mean)
-            return mean, self._accumulator.total_weight, count
+            # The round is over: its sums become the mean in place (no second model in memory).
+            mean = await asyncio.to_thread(self._accumulator.take_partial_mean)
+            return mean, total_weight, count
 
     def reports(self) -> list[network_pb2.ClientRoundReport]:
         return [o.to_report() for o in self._outcomes.values()]

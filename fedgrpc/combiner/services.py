@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,13 +14,16 @@ from fedgrpc.combiner.core import CombinerCore
 from fedgrpc.errors import FedgrpcError
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.streams import first_message, pump
 from fedgrpc.security.identity import acting_subject, caller_token_id, check_acting_as
 from fedgrpc.security.limits import validate_fields, validate_requests
-from fedgrpc.transfer import model_stream, receive_model
+from fedgrpc.transfer import Chunk, encoded_model_stream, prepended, receive_model
 
 log = logging.getLogger(__name__)
+
+# Updates from this size on are received one at a time (see CombinerModelServicer).
+LARGE_UPDATE_BYTES = 32 * 1024 * 1024
 
 
 @validate_requests
@@ -77,8 +81,9 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
 
 
 @validate_requests
-class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
-    """Clients download global models here and upload their updates."""
+class CombinerModelServicer:
+    """Clients download global models here and upload their updates (mount it with
+    :func:`fedgrpc.transfer.add_model_service`: Download yields pre-encoded chunks)."""
 
     def __init__(
         self,
@@ -90,23 +95,36 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
         self._core = core
         self._chunk_size = chunk_size
         self._ingest = asyncio.Semaphore(max_concurrent_uploads)
+        # Large updates are received one at a time: each in-flight one holds its full size in
+        # memory until folded, and on the combiner's one event loop two streams are no faster
+        # than one. Waiting streams are held back by HTTP/2 flow control, not buffered here.
+        self._large_ingest = asyncio.Lock()
 
     async def Upload(
         self,
-        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
         uploader = acting_subject()  # a client uploads only for its own tasks
         async with self._ingest:
-            update = await receive_model(
-                request_iterator,
-                max_size=self._core.max_model_size,
-                check_header=lambda header: self._check_upload(header, uploader),
-            )
-            await self._core.accept_update(update)
-        return model_pb2.UploadResponse(
-            model_id=update.header.model_id, size=len(update.data), sha256=update.header.sha256
-        )
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            large = first is not None and first.header.total_size >= LARGE_UPDATE_BYTES
+            async with self._large_ingest if large else contextlib.nullcontext():
+                update = await receive_model(
+                    prepended(first, messages),
+                    max_size=self._core.max_model_size,
+                    check_header=lambda header: self._check_upload(header, uploader),
+                    mutable=True,  # parsed and folded in place, never copied
+                )
+                response = model_pb2.UploadResponse(
+                    model_id=update.header.model_id,
+                    size=len(update.data),
+                    sha256=update.header.sha256,
+                )
+                await self._core.accept_update(update)
+                del update  # free the payload before the next large upload is let in
+        return response
 
     def _check_upload(self, header: model_pb2.ModelHeader, uploader: str | None) -> None:
         validate_fields(header)
@@ -114,10 +132,14 @@ class CombinerModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_pb2.ModelChunk]:
+    ) -> AsyncIterator[bytes]:
         cached = await self._core.models.get(request.model_id)
         header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
         # A client may ask for smaller chunks, never for larger than the server's message limit.
         chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
-        for message in model_stream(cached.data, header=header, chunk_size=chunk_size):
-            yield message
+        try:
+            stream = encoded_model_stream(cached.data, header=header, chunk_size=chunk_size)
+            for message in stream:  # registered with add_model_service: pre-encoded
+                yield message
+        finally:
+            self._core.models.downloaded(cached)

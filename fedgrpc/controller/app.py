@@ -26,7 +26,7 @@ from fedgrpc.errors import Unavailable
 from fedgrpc.modelstore import ModelStore, create_model_store
 from fedgrpc.proto.control.v1 import control_pb2, control_pb2_grpc
 from fedgrpc.proto.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.server import (
     RunningServer,
@@ -39,6 +39,7 @@ from fedgrpc.security.authz import ServerKind
 from fedgrpc.security.interceptor import AuthInterceptor
 from fedgrpc.security.tls import server_credentials_for
 from fedgrpc.statestore import StateStore, open_mongo_statestore, open_statestore
+from fedgrpc.transfer import add_model_service
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Controller:
             ),
             Service(
                 servicer=ControllerModelServicer(network),
-                add_to_server=model_pb2_grpc.add_ModelServiceServicer_to_server,
+                add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),
             Service(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import grpc
 
@@ -18,30 +19,39 @@ from fedgrpc.controller.scope import caller_scope, in_scope
 from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
 from fedgrpc.modelstore import StoredModel, validate_model_id
-from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
+from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.security.limits import validate_fields, validate_requests
-from fedgrpc.transfer import ReceivedModel, receive_model
+from fedgrpc.transfer import Chunk, ReceivedModel, encode_data_chunk, receive_model
+
+# Models up to this size are read whole in the same worker-thread hop that opens them.
+_READ_AHEAD_BYTES = 4 * 1024 * 1024
 
 
 @validate_requests
-class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
+class ControllerModelServicer:
     def __init__(self, network: Network) -> None:
         self._network = network
 
     async def Upload(
         self,
-        request_iterator: AsyncIterator[model_pb2.ModelChunk],
+        request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
         received = await receive_model(
             request_iterator,
             max_size=self._network.config.max_model_size,
             check_header=self._check_header,
+            mutable=True,  # one preallocated buffer: the payload is held once, never joined
         )
         if received.header.round_id:
             model_id = f"partial-{uuid.uuid4().hex}"
+            # A partial lives for one round and a crash restarts the round, so it skips fsync.
             stored = await asyncio.to_thread(
-                self._network.models.put_bytes, model_id, received.data
+                self._network.models.put_bytes,
+                model_id,
+                received.data,
+                durable=False,
+                verified_sha256=_verified_sha256(received),
             )
         else:
             model_id, stored = await self._store_seed(received)
@@ -61,7 +71,9 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
         await asyncio.to_thread(load_model, received.data, max_size=config.max_model_size)
         model_id = received.header.model_id or uuid.uuid4().hex
         models, store = self._network.models, self._network.store
-        stored = await asyncio.to_thread(models.put_bytes, model_id, received.data)
+        stored = await asyncio.to_thread(
+            models.put_bytes, model_id, received.data, verified_sha256=_verified_sha256(received)
+        )
         name = str(received.metadata.get("name") or f"seed {model_id[:8]}")
         await asyncio.to_thread(
             store.models.create,
@@ -77,16 +89,14 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[model_pb2.ModelChunk]:
-        record = in_scope(
-            await asyncio.to_thread(self._network.store.models.get, request.model_id), "model"
-        )
+    ) -> AsyncIterator[model_pb2.ModelChunk | bytes]:
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )
-        chunks = await asyncio.to_thread(
-            self._network.models.get, request.model_id, chunk_size=chunk_size
-        )
+        # One worker-thread hop for the record, the open and, for a small model, every chunk:
+        # each hop costs a thread wake-up, and this is on the critical path of every round.
+        record, chunks, first = await asyncio.to_thread(self._open, request.model_id, chunk_size)
+        in_scope(dict(record), "model")  # NotFound for another scope's model (nothing sent)
         yield model_pb2.ModelChunk(
             header=model_pb2.ModelHeader(
                 model_id=request.model_id,
@@ -95,11 +105,30 @@ class ControllerModelServicer(model_pb2_grpc.ModelServiceServicer):
                 sha256=str(record["sha256"]),
             )
         )
+        for chunk in first:
+            yield encode_data_chunk(chunk)  # mounted with add_model_service
         async for chunk in _in_thread(chunks):
-            yield model_pb2.ModelChunk(data=chunk)
+            yield encode_data_chunk(chunk)  # mounted with add_model_service
+
+    def _open(
+        self, model_id: str, chunk_size: int
+    ) -> tuple[Mapping[str, Any], Iterator[bytes], list[bytes]]:
+        """The model's record, its chunk iterator, and its first chunks read up front when the
+        whole model is small (then the iterator is exhausted)."""
+        record = self._network.store.models.get(model_id)
+        chunks = self._network.models.get(model_id, chunk_size=chunk_size)
+        if int(record["size"]) > _READ_AHEAD_BYTES:
+            return record, chunks, []
+        return record, iter(()), list(chunks)
 
 
 async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Read a blocking iterator (disk or GridFS) without stalling the event loop."""
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         yield chunk
+
+
+def _verified_sha256(received: ReceivedModel) -> str | None:
+    """The upload's digest when receive_model checked the bytes against it (the header named
+    one); None makes the store hash them itself."""
+    return received.header.sha256.lower() or None

@@ -15,9 +15,13 @@ from typing import Any
 import numpy as np
 
 from fedgrpc.aggregators import ArraySpec, WeightedMeanAccumulator, get_aggregator
+from fedgrpc.aggregators.fedavg import FedAvg
 from fedgrpc.errors import FailedPrecondition, InvalidArgument
-from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.model.serialization import dump_model, header_specs, is_canonical_model, load_model
 from fedgrpc.modelstore import ModelStore
+
+# The header of a model is read in blocks of this size (it is usually far smaller).
+_HEADER_READ_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +52,17 @@ def reduce_round(
     max_model_size: int,
 ) -> ReduceOutcome:
     """Merge the partials, apply the server step, and return the new model's bytes."""
+    passed_on = _sole_partial_as_model(
+        store=store,
+        global_model_id=global_model_id,
+        partials=partials,
+        aggregator=aggregator,
+        aggregator_kwargs=aggregator_kwargs,
+        state_id=state_id,
+        max_model_size=max_model_size,
+    )
+    if passed_on is not None:
+        return passed_on
     global_model = load_model(store.get_bytes(global_model_id), max_size=max_model_size)
     accumulator = WeightedMeanAccumulator({n: ArraySpec.of(a) for n, a in global_model.items()})
     rejected: dict[str, str] = {}
@@ -69,6 +84,80 @@ def reduce_round(
         num_updates=accumulator.count,
         total_weight=accumulator.total_weight,
     )
+
+
+def _sole_partial_as_model(
+    *,
+    store: ModelStore,
+    global_model_id: str,
+    partials: Sequence[Partial],
+    aggregator: str,
+    aggregator_kwargs: Mapping[str, Any],
+    state_id: str | None,
+    max_model_size: int,
+) -> ReduceOutcome | None:
+    """The outcome of the single-combiner FedAvg round without decoding anything, or None.
+
+    With one partial, merging divides its sums by 1.0 (exact), FedAvg casts the mean to the
+    model dtypes (nothing to do when those are float32/float64, the accumulation dtypes) and
+    the dump re-encodes the same arrays: the new model is byte for byte the partial, provided
+    the partial is canonically encoded, matches the global model's tensors and passes the
+    merge's checks. Anything else (None) takes the general path, which also words the errors.
+    """
+    if (
+        len(partials) != 1
+        or state_id
+        or type(get_aggregator(aggregator, aggregator_kwargs)) is not FedAvg
+    ):
+        return None
+    partial = partials[0]
+    specs = _stored_specs(store, global_model_id)
+    if specs is None or not all(_passes_through(spec) for spec in specs.values()):
+        return None
+    data = store.get_bytes(partial.model_id)
+    if len(data) > max_model_size or not is_canonical_model(data):
+        return None
+    try:
+        mean = load_model(data, max_size=max_model_size, copy=False)  # read-only views
+        WeightedMeanAccumulator(specs).check_partial(
+            mean, partial.total_weight, partial.num_updates
+        )
+    except InvalidArgument:
+        return None
+    if any(mean[name].dtype != spec.dtype for name, spec in specs.items()):
+        return None
+    return ReduceOutcome(
+        model_bytes=data,
+        state_bytes=None,
+        rejected={},
+        num_updates=partial.num_updates,
+        total_weight=partial.total_weight,
+    )
+
+
+def _passes_through(spec: ArraySpec) -> bool:
+    """Whether the mean of this tensor is stored unrounded in its own dtype."""
+    return spec.dtype == spec.accumulation_dtype
+
+
+def _stored_specs(store: ModelStore, model_id: str) -> dict[str, ArraySpec] | None:
+    """The model's tensor specs read from its header only (not the whole model), or None."""
+    total_size = store.size(model_id)
+    head = bytearray()
+    chunks = store.get(model_id, chunk_size=_HEADER_READ_BYTES)
+    try:
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 8 and len(head) >= 8 + int.from_bytes(head[:8], "little"):
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    specs = header_specs(head, total_size=total_size)
+    if specs is None:
+        return None
+    return {name: ArraySpec(shape, dtype) for name, (shape, dtype) in specs.items()}
 
 
 def split_requested(requested: int, clients: Mapping[str, int]) -> dict[str, int]:

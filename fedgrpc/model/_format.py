@@ -16,6 +16,7 @@ spaces to a multiple of 8 bytes.
 from __future__ import annotations
 
 import json
+import mmap
 import re
 import sys
 from collections.abc import Mapping
@@ -53,28 +54,83 @@ _NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\ud800-\udfff]')
 # --- writing -------------------------------------------------------------------------------
 def encode(arrays: Mapping[str, np.ndarray]) -> bytes | None:
     """The safetensors bytes of native, C-contiguous ``arrays``; None when not handled here."""
+    if not all(array.flags.c_contiguous for array in arrays.values()):
+        return None
+    laid_out = _layout([(name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()])
+    if laid_out is None:
+        return None
+    header, order = laid_out
+    parts: list[Any] = [len(header).to_bytes(8, "little"), header]
+    parts += [arrays[name].reshape(-1).view(np.uint8) for name in order]
+    return b"".join(parts)  # the one copy of the tensors' bytes
+
+
+def encoded_in_place(arrays: Mapping[str, np.ndarray]) -> memoryview | None:
+    """The buffer the arrays already live in, if it is exactly what :func:`encode` would write
+    for them (header in front, each array at its offset); None otherwise.
+
+    An accumulator that adopted a received update's arrays and divided them in place holds its
+    mean inside that update's file buffer, whose header already describes it: no copy is
+    needed to serialize it.
+    """
+    if not arrays:
+        return None
+    buffers = {id(_owner(array)) for array in arrays.values()}
+    owner = _owner(next(iter(arrays.values())))
+    if len(buffers) != 1 or not isinstance(owner, (bytearray, mmap.mmap)):
+        return None
+    laid_out = _layout([(name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()])
+    if laid_out is None or not all(a.flags.c_contiguous for a in arrays.values()):
+        return None
+    header, order = laid_out
+    view = memoryview(owner)
+    start = 8 + len(header)
+    if bytes(view[:start]) != len(header).to_bytes(8, "little") + header:
+        return None
+    base = np.frombuffer(owner, np.uint8).ctypes.data + start
+    offset = 0
+    for name in order:
+        array = arrays[name]
+        if array.ctypes.data != base + offset:
+            return None
+        offset += array.nbytes
+    return view if start + offset == len(owner) else None
+
+
+def _owner(array: np.ndarray) -> object:
+    """The object at the bottom of an array's chain of bases (the received buffer for a view
+    parsed in place)."""
+    base: object = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+_Spec = tuple[str, np.dtype[Any], tuple[int, ...], int]  # name, dtype, shape, nbytes
+
+
+def _layout(specs: list[_Spec]) -> tuple[bytes, list[str]] | None:
+    """The padded header the library writes for these tensors, and their names in file order."""
     if not _LITTLE_ENDIAN:
         return None
     entries = []
-    for name, array in arrays.items():
-        dtype = _FROM_NUMPY.get(array.dtype)
-        if dtype is None or not _plain_name(name) or not array.flags.c_contiguous:
+    for name, numpy_dtype, shape, nbytes in specs:
+        dtype = _FROM_NUMPY.get(numpy_dtype)
+        if dtype is None or not _plain_name(name):
             return None
-        entries.append((-_RANK[dtype], name.encode("utf-8"), name, dtype, array))
+        entries.append((-_RANK[dtype], name.encode("utf-8"), name, dtype, shape, nbytes))
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     fields, offset = [], 0
-    for _, _, name, dtype, array in entries:
-        shape = ",".join(str(size) for size in array.shape)
-        end = offset + array.nbytes
+    for _, _, name, dtype, shape, nbytes in entries:
+        dims = ",".join(str(size) for size in shape)
+        end = offset + nbytes
         fields.append(
-            f'"{name}":{{"dtype":"{dtype}","shape":[{shape}],"data_offsets":[{offset},{end}]}}'
+            f'"{name}":{{"dtype":"{dtype}","shape":[{dims}],"data_offsets":[{offset},{end}]}}'
         )
         offset = end
     header = ("{" + ",".join(fields) + "}").encode("utf-8")
     header += b" " * (-len(header) % 8)
-    parts: list[Any] = [len(header).to_bytes(8, "little"), header]
-    parts += [entry[4].reshape(-1).view(np.uint8) for entry in entries]
-    return b"".join(parts)  # the one copy of the tensors' bytes
+    return header, [entry[2] for entry in entries]
 
 
 def _plain_name(name: object) -> bool:
@@ -83,8 +139,13 @@ def _plain_name(name: object) -> bool:
 
 
 # --- reading -------------------------------------------------------------------------------
-def decode(data: memoryview) -> dict[str, np.ndarray] | None:
-    """Writeable, aligned copies of the tensors in ``data``; None when not handled here."""
+def decode(data: memoryview, *, copy: bool = True) -> dict[str, np.ndarray] | None:
+    """The tensors in ``data``; None when not handled here.
+
+    With ``copy`` (the default) each tensor is a writeable, aligned copy. Without it each is a
+    view into ``data`` (writeable if ``data`` is), and a copy only where a view would be
+    misaligned: the caller then owns views that keep the whole buffer alive.
+    """
     if not _LITTLE_ENDIAN:
         return None
     try:
@@ -93,30 +154,57 @@ def decode(data: memoryview) -> dict[str, np.ndarray] | None:
         if parsed is None:
             return None
         return {
-            name: np.frombuffer(data, dtype, count, begin).reshape(shape).copy()
+            name: _tensor_of(np.frombuffer(data, dtype, count, begin).reshape(shape), copy=copy)
             for name, dtype, count, begin, shape in parsed
         }
     except (ValueError, TypeError, OverflowError):
         return None
 
 
+def _tensor_of(view: np.ndarray, *, copy: bool) -> np.ndarray:
+    return view.copy() if copy or not view.flags.aligned else view
+
+
+def is_canonical(data: memoryview) -> bool:
+    """Whether ``data`` is byte for byte what :func:`encode` writes for the tensors it holds
+    (no metadata, the library's order, compact header), so it can stand in for a re-encode."""
+    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    parsed = _parse(data)
+    if parsed is None:
+        return False
+    laid_out = _layout(
+        [(name, dtype, shape, count * dtype.itemsize) for name, dtype, count, _, shape in parsed]
+    )
+    if laid_out is None:
+        return False
+    header = laid_out[0]
+    return data.nbytes >= 8 + len(header) and bytes(data[: 8 + len(header)]) == (
+        len(header).to_bytes(8, "little") + header
+    )
+
+
 _Tensor = tuple[str, np.dtype[Any], int, int, tuple[int, ...]]
 
 
-def parse_header(data: memoryview) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]] | None:
-    """Name, dtype and shape of every tensor, from the header alone; None if not plain."""
-    tensors = _parse(data)
+def parse_header(
+    data: memoryview, *, total_size: int | None = None
+) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]] | None:
+    """Name, dtype and shape of every tensor, from the header alone; None if not plain.
+
+    ``data`` may be just a prefix holding the header when ``total_size`` gives the file's size.
+    """
+    tensors = _parse(data, total_size)
     if tensors is None:
         return None
     return [(name, dtype, shape) for name, dtype, _, _, shape in tensors]
 
 
-def _parse(data: memoryview) -> list[_Tensor] | None:
-    size = data.nbytes
-    if size < 8:
+def _parse(data: memoryview, total_size: int | None = None) -> list[_Tensor] | None:
+    size = data.nbytes if total_size is None else total_size
+    if size < 8 or data.nbytes < 8:
         return None
     length = int.from_bytes(data[:8], "little")
-    if length > _MAX_HEADER or 8 + length > size:
+    if length > _MAX_HEADER or 8 + length > size or 8 + length > data.nbytes:
         return None
     header = _header(bytes(data[8 : 8 + length]))
     if header is None:

@@ -8,6 +8,7 @@ lying stream is cut off at the first chunk that crosses a limit, not after it ha
 from __future__ import annotations
 
 import hashlib
+import mmap
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -25,6 +26,9 @@ from fedgrpc.errors import (
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
+
+# Assembly buffers from this size on are anonymous memory maps (see BufferAssembler).
+_MAP_BYTES = 1024 * 1024
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -68,9 +72,13 @@ class StreamVerifier:
         expected_size: int | None = None,
         expected_sha256: str | None = None,
         max_size: int | None = None,
+        known_sha256: str | None = None,
     ) -> None:
         self.expected_size = _checked_size("expected_size", expected_size)
         self.expected_sha256 = _checked_sha256(expected_sha256)
+        # The digest of the bytes to come, already computed by the caller over exactly them:
+        # they are then only counted, not hashed a second time.
+        self._known_sha256 = _checked_sha256(known_sha256)
         self.max_size = _checked_size("max_size", max_size)
         if _exceeds(self.expected_size, self.max_size):
             # Refuse before a single chunk is read (or a buffer allocated).
@@ -86,6 +94,8 @@ class StreamVerifier:
     @property
     def sha256(self) -> str:
         """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
+        if self._known_sha256 is not None:
+            return self._known_sha256
         return self._hasher.hexdigest()
 
     def update(self, chunk: Buffer) -> None:
@@ -116,7 +126,8 @@ class StreamVerifier:
 
     def digest(self, chunk: Buffer) -> None:
         """Hash one accounted chunk (see :meth:`account`)."""
-        self._hasher.update(chunk)
+        if self._known_sha256 is None:
+            self._hasher.update(chunk)
         self._digested += _nbytes(chunk)
 
     def finish(self) -> None:
@@ -210,6 +221,71 @@ class ChunkAssembler:
         if self._pending:
             self._parts.append(bytes(self._pending))
             self._pending = bytearray()
+
+
+class BufferAssembler:
+    """Like :class:`ChunkAssembler`, but writes each chunk into one preallocated buffer of the
+    announced size and hands that buffer out as a writeable ``memoryview``.
+
+    No join and no second copy: peak memory is the payload plus one chunk, and the caller may
+    parse it in place (:func:`fedgrpc.model.load_model` with ``copy=False``) into writeable
+    arrays, e.g. to fold an update into an accumulator that adopts or overwrites them.
+
+    Large buffers are anonymous memory maps, unmapped when the last view dies. :meth:`prepare`
+    (in a worker thread: it drops the GIL) maps them with ``MAP_POPULATE``, which faults
+    every page in at once: writing 100 MB into fresh pages one 4 KiB fault at a time took
+    85 ms with the GIL held here, populated 35 ms off the loop plus a 13 ms copy. A buffer
+    not prepared is mapped lazily on the first chunk. The announced size is committed up front
+    either way (as a ``bytearray`` would be): receivers check the header (size limit, open
+    task) before preparing.
+    """
+
+    def __init__(
+        self, *, expected_size: int, expected_sha256: str | None = None, max_size: int | None
+    ) -> None:
+        self._verifier = StreamVerifier(
+            expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
+        )
+        self._size = expected_size
+        self._view: memoryview | None = None
+
+    def prepare(self) -> None:
+        """Allocate the buffer now (blocking; the GIL is released while pages are mapped)."""
+        if self._view is None:
+            self._view = memoryview(_zeroed(self._size))
+
+    @property
+    def received(self) -> int:
+        return self._verifier.received
+
+    def add(self, chunk: Buffer) -> None:
+        self.add_deferred(chunk)()
+
+    def add_deferred(self, chunk: Buffer) -> Callable[[], None]:
+        """Copy the chunk into place now (after the size checks); return the call that hashes
+        it, to run in order, possibly in a worker thread, before :meth:`finish`."""
+        start = self._verifier.received
+        self._verifier.account(chunk)
+        self.prepare()
+        assert self._view is not None  # for mypy: prepare() set it
+        target = self._view[start : self._verifier.received]
+        target[:] = chunk if not isinstance(chunk, memoryview) else chunk.cast("B")
+        return partial(self._verifier.digest, target)
+
+    def finish(self) -> memoryview:
+        """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
+        self._verifier.finish()
+        self.prepare()  # an empty payload never allocated
+        assert self._view is not None  # for mypy: prepare() set it
+        return self._view
+
+
+def _zeroed(size: int) -> bytearray | mmap.mmap:
+    """A writeable zeroed buffer; a large one mapped with its pages already faulted in."""
+    if size < _MAP_BYTES:
+        return bytearray(size)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(-1, size, flags=flags)
 
 
 def _exceeds(size: int | None, limit: int | None) -> bool:

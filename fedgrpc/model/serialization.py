@@ -55,15 +55,41 @@ def dump_model(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> bytes
     return data
 
 
-def load_model(data: ModelBytes, *, max_size: int | None = None) -> dict[str, np.ndarray]:
-    """Parse safetensors bytes into writeable arrays; MalformedModel for anything invalid."""
+def dump_model_shared(arrays: Mapping[str, np.ndarray]) -> bytes | memoryview:
+    """:func:`dump_model`, except that arrays parsed in place from one buffer (``load_model``
+    with ``copy=False``) and still laid out as in it come back as a view of that very buffer,
+    not a copy.
+
+    The result then aliases the arrays: for a caller that is done with them (e.g. shipping a
+    round's mean), it saves a model-sized copy and the memory to hold it.
+    """
+    if isinstance(arrays, Mapping):
+        shared = _format.encoded_in_place(arrays)
+        if shared is not None:
+            return shared
+    return dump_model(arrays)
+
+
+def load_model(
+    data: ModelBytes, *, max_size: int | None = None, copy: bool = True
+) -> dict[str, np.ndarray]:
+    """Parse safetensors bytes into arrays; MalformedModel for anything invalid.
+
+    By default the arrays are writeable copies. ``copy=False`` returns views into ``data``
+    where it can (well-formed files, aligned tensors): no copy of the payload at all, the
+    arrays keep ``data`` alive, and they are writeable only if ``data`` is (a ``bytearray``),
+    read-only for ``bytes``. The caller must not reuse ``data`` while the arrays live.
+    """
     view = memoryview(data)
     size = view.nbytes
     if max_size is not None and size > max_size:
         raise PayloadTooLarge(f"model is {size} bytes, over the limit of {max_size} bytes")
-    # Well-formed models are read with one copy per tensor; the library judges everything else.
-    fast = _format.decode(view)
+    # Well-formed models are read with one copy per tensor (or none); the library judges
+    # everything else.
+    fast = _format.decode(view, copy=copy)
     if fast is not None:
+        if not copy:
+            return {name: _checked_bools(name, array) for name, array in fast.items()}
         return {name: _owned_array(name, array) for name, array in fast.items()}
     # The Rust reader accepts exactly ``bytes``; other buffers cost one copy.
     raw = data if isinstance(data, bytes) else bytes(data)
@@ -94,6 +120,24 @@ def model_specs(
     if tensors is None:
         return {n: (a.shape, a.dtype) for n, a in load_model(data, max_size=max_size).items()}
     return {name: (shape, dtype) for name, dtype, shape in tensors}
+
+
+def header_specs(
+    prefix: ModelBytes, *, total_size: int
+) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]] | None:
+    """Shapes and dtypes from the first bytes of a model of ``total_size`` bytes (enough of
+    them to hold the header: 8 + the length those 8 bytes give); None unless well-formed and
+    plain, in which case the caller reads the whole model instead."""
+    tensors = _format.parse_header(memoryview(prefix), total_size=total_size)
+    if tensors is None:
+        return None
+    return {name: (shape, dtype) for name, dtype, shape in tensors}
+
+
+def is_canonical_model(data: ModelBytes) -> bool:
+    """Whether ``data`` is exactly what :func:`dump_model` writes for the tensors it holds, so
+    a well-formed model can be passed on as it is instead of being decoded and re-encoded."""
+    return _format.is_canonical(memoryview(data))
 
 
 def load_model_list(data: ModelBytes, *, max_size: int | None = None) -> list[np.ndarray]:
@@ -158,10 +202,15 @@ def _prepared_array(name: str, array: object) -> np.ndarray:
     return prepared
 
 
-def _owned_array(name: str, array: np.ndarray) -> np.ndarray:
+def _checked_bools(name: str, array: np.ndarray) -> np.ndarray:
     if array.dtype == np.bool_ and array.view(np.uint8).max(initial=0) > 1:
         # numpy would accept the bytes, but such "booleans" compare unequal to True.
         raise MalformedModel(f"bool array {name!r} holds bytes other than 0 and 1")
+    return array
+
+
+def _owned_array(name: str, array: np.ndarray) -> np.ndarray:
+    _checked_bools(name, array)
     # Depending on the safetensors version the buffer is a read-only bytes object or a private
     # bytearray; copy only when the array could not be written or is misaligned.
     if array.flags.writeable and array.flags.aligned:

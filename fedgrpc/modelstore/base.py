@@ -55,17 +55,41 @@ class ModelStore(ABC):
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        durable: bool = True,
+        verified_sha256: str | None = None,
     ) -> StoredModel:
         """Store a streamed model under a new id.
+
+        ``durable=False`` may skip forcing the data to stable storage (fsync): for scratch
+        models that are deleted soon and need not survive a crash, e.g. a round's partials.
+        ``verified_sha256``: the caller has just hashed exactly these bytes; it is recorded
+        instead of hashing them again (sizes and limits are still checked).
 
         Raises InvalidArgument (bad id), AlreadyExists, PayloadTooLarge (over ``max_size`` or
         ``expected_size``), TruncatedStream, ChecksumMismatch; an exception from ``chunks``
         itself propagates unchanged. In every failure case nothing is stored.
         """
 
-    def put_bytes(self, model_id: str, data: bytes) -> StoredModel:
-        """Store an in-memory model."""
-        return self.put(model_id, iter_chunks(data), expected_size=len(data))
+    def put_bytes(
+        self,
+        model_id: str,
+        data: Buffer,
+        *,
+        durable: bool = True,
+        verified_sha256: str | None = None,
+    ) -> StoredModel:
+        """Store an in-memory model.
+
+        ``verified_sha256`` is the digest of ``data`` as the caller has just checked it (e.g.
+        a received upload): it is recorded as it is instead of hashing the bytes again.
+        """
+        return self.put(
+            model_id,
+            iter_chunks(data),
+            expected_size=memoryview(data).nbytes,
+            durable=durable,
+            verified_sha256=verified_sha256,
+        )
 
     @abstractmethod
     def get(self, model_id: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:

@@ -37,10 +37,15 @@ class DirectoryModelStore(ModelStore):
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        durable: bool = True,
+        verified_sha256: str | None = None,
     ) -> StoredModel:
         final_path = self._path(model_id)
         verifier = StreamVerifier(
-            expected_size=expected_size, expected_sha256=expected_sha256, max_size=self.max_size
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+            max_size=self.max_size,
+            known_sha256=verified_sha256,
         )
         # Fail before receiving the payload; the link below is what actually guarantees it.
         if final_path.exists():
@@ -51,8 +56,8 @@ class DirectoryModelStore(ModelStore):
         temp_path = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as temp_file:
-                _write_verified(temp_file, chunks, verifier)
-            _publish(temp_path, final_path, model_id)
+                _write_verified(temp_file, chunks, verifier, durable=durable)
+            _publish(temp_path, final_path, model_id, durable=durable)
         finally:
             temp_path.unlink(missing_ok=True)
         return StoredModel(model_id=model_id, size=verifier.received, sha256=verifier.sha256)
@@ -93,21 +98,25 @@ class DirectoryModelStore(ModelStore):
         return self.root / validate_model_id(model_id)
 
 
-def _write_verified(target: BinaryIO, chunks: Iterable[Buffer], verifier: StreamVerifier) -> None:
+def _write_verified(
+    target: BinaryIO, chunks: Iterable[Buffer], verifier: StreamVerifier, *, durable: bool
+) -> None:
     for chunk in chunks:
         verifier.update(chunk)
         target.write(chunk)
     verifier.finish()
     target.flush()
-    os.fsync(target.fileno())
+    if durable:
+        os.fsync(target.fileno())
 
 
-def _publish(temp_path: Path, final_path: Path, model_id: str) -> None:
+def _publish(temp_path: Path, final_path: Path, model_id: str, *, durable: bool) -> None:
     try:
         os.link(temp_path, final_path)
     except FileExistsError:
         raise AlreadyExists(f"model {model_id!r} already exists") from None
-    _fsync_directory(final_path.parent)
+    if durable:
+        _fsync_directory(final_path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

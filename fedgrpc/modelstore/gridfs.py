@@ -55,10 +55,15 @@ class GridFSModelStore(ModelStore):
         *,
         expected_size: int | None = None,
         expected_sha256: str | None = None,
+        durable: bool = True,  # GridFS: the database's write concern decides durability
+        verified_sha256: str | None = None,
     ) -> StoredModel:
         validate_model_id(model_id)
         verifier = StreamVerifier(
-            expected_size=expected_size, expected_sha256=expected_sha256, max_size=self.max_size
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+            max_size=self.max_size,
+            known_sha256=verified_sha256,
         )
         with self._mongo_errors(f"storing model {model_id!r}"):
             # Fail before receiving the payload; the unique index is the real guarantee.

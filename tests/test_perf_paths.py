@@ -1,0 +1,192 @@
+"""The copy-free data paths of the hot loop: in-place assembly and parsing, shared dumps, the
+controller's single-partial reduce, and the combiner's model cache policies.
+
+Each fast path must give exactly what the general path gives (or decline and let it run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from fedgrpc.aggregators import WeightedMeanAccumulator
+from fedgrpc.combiner.models import CachedModel, ModelCache
+from fedgrpc.controller.reduce import Partial, reduce_round
+from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
+from fedgrpc.model.chunking import BufferAssembler, iter_chunks, sha256_hex
+from fedgrpc.model.serialization import (
+    dump_model,
+    dump_model_shared,
+    header_specs,
+    is_canonical_model,
+    load_model,
+)
+from fedgrpc.modelstore import DirectoryModelStore
+
+
+def _model(scale: float = 1.0) -> dict[str, np.ndarray]:
+    return {
+        "w": (np.arange(3 * 1000, dtype=np.float32).reshape(3, 1000) * scale),
+        "b": np.linspace(-1, 1, 7, dtype=np.float64) * scale,
+    }
+
+
+# --- assembly into one buffer ----------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 10, 3 * 1024 * 1024 + 5])
+def test_buffer_assembler_returns_the_payload_writeable(size: int) -> None:
+    payload = np.random.default_rng(0).bytes(size)
+    assembler = BufferAssembler(
+        expected_size=size, expected_sha256=sha256_hex(payload), max_size=None
+    )
+    digests = [assembler.add_deferred(chunk) for chunk in iter_chunks(payload, 1 << 20)]
+    for digest in digests:
+        digest()
+    data = assembler.finish()
+    assert bytes(data) == payload
+    assert not data.readonly
+
+
+def test_buffer_assembler_checks_like_the_chunk_assembler() -> None:
+    with pytest.raises(PayloadTooLarge):
+        BufferAssembler(expected_size=100, max_size=10)
+    short = BufferAssembler(expected_size=4, max_size=None)
+    short.add(b"ab")
+    with pytest.raises(TruncatedStream):
+        short.finish()
+    long = BufferAssembler(expected_size=2, max_size=None)
+    with pytest.raises(PayloadTooLarge):
+        long.add(b"abc")
+    corrupt = BufferAssembler(expected_size=2, expected_sha256=sha256_hex(b"ab"), max_size=None)
+    corrupt.add(b"ax")
+    with pytest.raises(ChecksumMismatch):
+        corrupt.finish()
+
+
+# --- parsing in place and dumping shared -----------------------------------------------------
+def test_load_without_copy_views_the_buffer() -> None:
+    data = dump_model(_model())
+    views = load_model(bytearray(data), copy=False)
+    assert all(array.flags.writeable for array in views.values())
+    assert all(np.array_equal(views[name], array) for name, array in _model().items())
+    assert not any(a.flags.writeable for a in load_model(data, copy=False).values())
+
+
+def test_shared_dump_is_the_buffer_and_equals_a_fresh_dump() -> None:
+    buffer = bytearray(dump_model(_model()))
+    views = load_model(buffer, copy=False)
+    for array in views.values():
+        array /= 4  # in place, as the accumulator's take_partial_mean does
+    shared = dump_model_shared(views)
+    assert isinstance(shared, memoryview)
+    assert shared.obj is buffer
+    assert bytes(shared) == dump_model({name: a.copy() for name, a in views.items()})
+    # Arrays not laid out in one canonical buffer are dumped as usual.
+    assert isinstance(dump_model_shared({"w": views["w"]}), bytes)
+    assert isinstance(dump_model_shared({**views, "b": views["b"].copy()}), bytes)
+
+
+def test_canonical_means_what_dump_model_writes() -> None:
+    model = _model()
+    assert is_canonical_model(dump_model(model))
+    assert not is_canonical_model(safetensors.numpy.save(model, metadata={"k": "v"}))
+    data = dump_model(model)
+    specs = header_specs(data[:200], total_size=len(data))
+    assert specs == {name: (a.shape, a.dtype) for name, a in model.items()}
+
+
+def test_take_partial_mean_equals_partial_mean() -> None:
+    reference, taken = WeightedMeanAccumulator(_model()), WeightedMeanAccumulator(_model())
+    for scale, weight in ((1.0, 3.0), (2.5, 1.0), (-1.0, 2.0)):
+        reference.add(_model(scale), weight)
+        taken.add(_model(scale), weight)
+    expected = reference.partial_mean()
+    result = taken.take_partial_mean()
+    assert all(np.array_equal(result[n], expected[n]) for n in expected)
+    assert taken.count == 0
+
+
+# --- the controller's single-partial reduce --------------------------------------------------
+def _reduce(tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg") -> bytes:
+    store = DirectoryModelStore(tmp_path / "models")
+    if not store.exists("global"):
+        store.put_bytes("global", dump_model(_model()))
+    store.put_bytes("p", partial_bytes, durable=False)
+    try:
+        outcome = reduce_round(
+            store=store,
+            global_model_id="global",
+            partials=[Partial(combiner="c", model_id="p", total_weight=300.0, num_updates=3)],
+            aggregator=aggregator,
+            aggregator_kwargs={},
+            state_id=None,
+            max_model_size=1 << 30,
+        )
+    finally:
+        store.delete("p")
+    assert outcome.num_updates == 3
+    assert outcome.total_weight == 300.0
+    return outcome.model_bytes
+
+
+def test_single_partial_reduce_matches_the_general_path(tmp_path: Path) -> None:
+    partial = dump_model(_model(0.25))
+    assert _reduce(tmp_path, partial) == partial  # passed on as it is
+    # Non-canonical bytes of the same model take the general path, which re-encodes them.
+    odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
+    assert _reduce(tmp_path, odd) == partial
+
+
+def test_single_partial_with_nan_is_rejected_as_before(tmp_path: Path) -> None:
+    bad = _model()
+    bad["w"][0, 0] = np.nan
+    with pytest.raises(Exception, match="no usable update"):
+        _reduce(tmp_path, dump_model(bad))
+
+
+def test_modelstore_non_durable_put_stores_the_same(tmp_path: Path) -> None:
+    store = DirectoryModelStore(tmp_path)
+    stored = store.put_bytes("x", memoryview(b"abc"), durable=False)
+    assert store.get_bytes("x") == b"abc"
+    assert stored.sha256 == hashlib.sha256(b"abc").hexdigest()
+
+
+# --- the combiner's cache ----------------------------------------------------------------------
+def test_cache_releases_a_large_model_after_the_expected_downloads() -> None:
+    fetches: list[str] = []
+
+    async def fetch(model_id: str) -> CachedModel:
+        fetches.append(model_id)
+        return CachedModel(model_id=model_id, data=bytes(40 << 20), sha256="0" * 64)
+
+    async def scenario() -> None:
+        cache = ModelCache(fetch)
+        cached = await cache.get("m")
+        cache.expect_downloads("m", 2)
+        cache.downloaded(cached)
+        await cache.get("m")  # still cached: one download to come
+        cache.downloaded(cached)
+        await cache.get("m")  # released, fetched anew
+        assert fetches == ["m", "m"]
+        cache.downloaded(cached)  # a download nobody announced (validation) keeps it
+        await cache.get("m")
+        assert fetches == ["m", "m"]
+
+    asyncio.run(scenario())
+
+
+def test_cache_reuses_a_remembered_upload_once() -> None:
+    async def fetch(model_id: str) -> CachedModel:
+        raise AssertionError("not fetched")
+
+    cache = ModelCache(fetch)
+    cache.remember_upload(b"partial", "a" * 64)
+    assert cache.by_sha256("b" * 64) is None
+    assert cache.by_sha256("a" * 64) is None  # a miss forgets it: it is obsolete
+    cache.remember_upload(b"partial", "a" * 64)
+    assert cache.by_sha256("a" * 64) == b"partial"
+    assert cache.by_sha256("a" * 64) is None
