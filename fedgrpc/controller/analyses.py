@@ -48,6 +48,9 @@ class Analyses:
         self.broker = broker
         self._running: dict[str, tuple[str, ...]] = {}  # analysis id -> its nodes
         self._offline: dict[str, asyncio.Task[None]] = {}  # node -> grace timer
+        # node -> ended analyses it has not confirmed stopping: a stop lost with a combiner
+        # link is sent again when the node shows up again (its combiner re-registers).
+        self._unstopped: dict[str, set[str]] = {}
         self._timeouts: dict[str, asyncio.Task[None]] = {}
         self._work: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -132,6 +135,8 @@ class Analyses:
         timer = self._offline.pop(name, None)
         if timer is not None:
             timer.cancel()
+        if self._unstopped.get(name):
+            self._work.put_nowait(lambda: self._resend_stops(name))
         if any(name in nodes for nodes in self._running.values()):
             self._work.put_nowait(lambda: self._resend_tasks(name))
 
@@ -172,6 +177,8 @@ class Analyses:
             record = await asyncio.to_thread(self.store.analyses.modify, analysis_id, change)
         except NotFound:
             return
+        if rules.is_terminal(status):
+            self._unstopped.get(node_id, set()).discard(analysis_id)
         if rules.is_terminal(record["status"]) and analysis_id in self._running:
             self._finished(record)
 
@@ -195,11 +202,22 @@ class Analyses:
         self.broker.analysis_ended(analysis_id)
         for node in record["nodes"]:
             if not rules.is_terminal(node["status"]):
-                stop = mpb.StopAnalysis(
-                    analysis_id=analysis_id, node_id=node["node_id"], reason=record["message"]
-                )
-                self._send(node["node_id"], network_pb2.ControllerCommand(stop_analysis=stop))
+                self._unstopped.setdefault(node["node_id"], set()).add(analysis_id)
+                self._send_stop(analysis_id, node["node_id"], record["message"])
         log.info("analysis %s %s %s", analysis_id, record["status"], record["message"])
+
+    def _send_stop(self, analysis_id: str, node_id: str, reason: str) -> None:
+        stop = mpb.StopAnalysis(analysis_id=analysis_id, node_id=node_id, reason=reason)
+        self._send(node_id, network_pb2.ControllerCommand(stop_analysis=stop))
+
+    async def _resend_stops(self, name: str) -> None:
+        for analysis_id in sorted(self._unstopped.get(name, ())):
+            record = await asyncio.to_thread(self.store.analyses.get, analysis_id)
+            node = next(n for n in record["nodes"] if n["node_id"] == name)
+            if rules.is_terminal(node["status"]):
+                self._unstopped[name].discard(analysis_id)
+            else:
+                self._send_stop(analysis_id, name, record["message"])
 
     async def _grace(self, name: str) -> None:
         await asyncio.sleep(self.config.analysis_node_grace_seconds)

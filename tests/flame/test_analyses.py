@@ -436,3 +436,29 @@ async def test_a_scoped_user_sees_and_starts_analyses_only_in_its_project(
         assert (await status(network, other.analysis_id)).status != "stopped"
     finally:
         await channel.close()
+
+
+async def test_a_stop_missed_while_offline_is_sent_again_when_the_node_returns(
+    network: LocalNetwork, nodes: list[FakeNode]
+) -> None:
+    analysis_id = (await start(network)).analysis_id
+    await eventually(lambda: all(node.tasks for node in nodes), what="tasks")
+    n1 = nodes[0]
+    await node_offline(network, n1)  # the stop below cannot reach it
+    await network.control.StopAnalysis(control_pb2.StopAnalysisRequest(analysis_id=analysis_id))
+    assert not n1.stops
+    back = await add_node(network, "n1", 0)
+    await eventually(lambda: back.stops, what="the missed stop after the node came back")
+    assert [stop.analysis_id for stop in back.stops] == [analysis_id]
+    back.report(analysis_id, "stopped")
+    await settled(network, back, analysis_id)
+    node = next(n for n in (await status(network, analysis_id)).nodes if n.node_id == "n1")
+    assert node.status == "stopped"
+    # Confirmed: a later reconnect gets no stop again.
+    await node_offline(network, back)
+    again = await add_node(network, "n1", 0)
+    # Its reconnect is handled before this marker (one ordered link), so a re-sent stop
+    # would have been routed by now.
+    await settled(network, again, analysis_id)
+    assert not again.stops
+    await again.close()

@@ -118,7 +118,15 @@ async def test_buffer_closes_round_and_late_update_is_dropped(local_network: Loc
         while True:
             yield await outbox.get()
 
+    async def heartbeats() -> None:
+        # Like a real client, the laggard stays alive while it holds its task; the interval is
+        # a heartbeat period, not a wait for a condition.
+        while True:
+            outbox.put_nowait(combiner_pb2.ClientMessage(heartbeat=combiner_pb2.Heartbeat()))
+            await asyncio.sleep(0.2)
+
     stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(outgoing())
+    beating = asyncio.ensure_future(heartbeats())
     await eventually(
         lambda: net.controller.network.registry.clients_online() == 2, what="laggard registered"
     )
@@ -144,6 +152,7 @@ async def test_buffer_closes_round_and_late_update_is_dropped(local_network: Loc
     late = dump_model([np.full(3, 100, dtype=np.float32)])
     with pytest.raises(FailedPrecondition, match="closed"):
         await upload_model(model_pb2_grpc.ModelServiceStub(channel), late, header=header)
+    beating.cancel()
     stream.cancel()
     await channel.close()
 
