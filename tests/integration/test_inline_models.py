@@ -37,8 +37,11 @@ async def _statuses(net: LocalNetwork, event_type: str) -> list[str]:
 class RawClient:
     """A client speaking the Connect stream by hand (to send what a real client never would)."""
 
-    def __init__(self, net: LocalNetwork, combiner: Combiner, name: str) -> None:
+    def __init__(
+        self, net: LocalNetwork, combiner: Combiner, name: str, *, limit: int = 1 << 20
+    ) -> None:
         self.name = name
+        self.limit = limit  # what the combiner's welcome must announce
         self.channel = open_channel(
             combiner.address, max_message_size=16 << 20, token=net.token(Role.CLIENT, name)
         )
@@ -55,9 +58,10 @@ class RawClient:
     async def next_task(self) -> combiner_pb2.TrainTask:
         async for message in self.stream:
             if message.HasField("welcome"):
-                assert message.welcome.inline_model_bytes == 1 << 20
+                assert message.welcome.inline_model_bytes == self.limit
             if message.HasField("train"):
-                return message.train
+                task: combiner_pb2.TrainTask = message.train
+                return task
         raise AssertionError("stream ended before a train task")
 
     def send_update(
@@ -67,8 +71,9 @@ class RawClient:
         *,
         task_id: str = "",
         corrupt: bool = False,
+        size: int = 3,
     ) -> None:
-        data = dump_model([np.full(3, value, dtype=np.float32)])
+        data = dump_model([np.full(size, value, dtype=np.float32)])
         update = combiner_pb2.ModelUpdate(
             task_id=task_id or task.task_id,
             session_id=task.session_id,
@@ -203,3 +208,30 @@ async def test_inline_update_for_another_clients_task_is_refused(
     }
     np.testing.assert_allclose((await net.download(session.model_id))["0"], [2.0] * 3)
     assert sum(_calls(combiner).values()) == 0
+
+
+async def test_inline_update_over_the_limit_is_refused(local_network: LocalNetwork) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha", inline_model_bytes=1024)
+    await net.add_client("good", shift_train(2.0))
+    raw = RawClient(net, combiner, "big", limit=1024)  # asked for 1 MiB, the combiner's is less
+    try:
+        await eventually(
+            lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
+        )
+        await net.upload_seed([np.zeros(3, dtype=np.float32)])
+        session_id = await net.start_session(
+            rounds=1, round_timeout=60, requested_clients=2, validate=False
+        )
+        task = await raw.next_task()
+        raw.send_update(task, 1.0, size=1000)  # ~4 KB
+        session = await net.wait_session(session_id, timeout=20)
+    finally:
+        await raw.close()
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    outcome = {c.client_name: c for c in round_.combiners[0].clients}
+    assert outcome["good"].status == "ok"
+    assert outcome["big"].status == "rejected"
+    assert "RESOURCE_EXHAUSTED" in outcome["big"].message
+    assert "inline limit of 1024 bytes" in outcome["big"].message
