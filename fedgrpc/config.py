@@ -49,6 +49,15 @@ def _check_heartbeats(interval: float, timeout: float) -> None:
     _check(timeout > interval, "heartbeat_timeout", "must be longer than heartbeat_interval")
 
 
+def _check_inline(limits: TransferLimits, value: int) -> None:
+    _check(
+        0 <= value <= limits.max_message_size // 2,
+        "inline_model_bytes",
+        f"must be 0 (off) or at most half of max_message_size ({limits.max_message_size}), "
+        f"got {value}",
+    )
+
+
 def _check_address(name: str, address: str) -> None:
     host, sep, port = address.rpartition(":")
     _check(bool(sep and host and port.isdigit()), name, f"must be HOST:PORT, got {address!r}")
@@ -61,7 +70,8 @@ class TransferLimits:
 
     max_model_size: int = 2048 * MiB
     chunk_size: int = 1 * MiB
-    # Control-stream messages are small; model bytes never ride on them (see DESIGN.md).
+    # Control-stream messages are small; model bytes ride on them only up to
+    # inline_model_bytes (combiner and client), larger ones in chunks (see DESIGN.md).
     max_message_size: int = 16 * MiB
 
     def __post_init__(self) -> None:
@@ -179,6 +189,10 @@ class CombinerConfig(TransferLimits, TlsSettings):
     # size in memory, so this bounds the combiner's memory whatever the number of clients;
     # waiting uploads are held back by gRPC flow control.
     max_concurrent_uploads: int = 2
+    # Models (global models and updates) up to this size travel inline on the client's Connect
+    # stream instead of through ModelService (one message instead of two more RPCs per task);
+    # 0 turns it off. The smaller of this and the client's own setting applies.
+    inline_model_bytes: int = 1 * MiB
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     log_level: str = "INFO"
@@ -208,6 +222,7 @@ class CombinerConfig(TransferLimits, TlsSettings):
         _check_port("port", self.port)
         _check_positive("max_clients", self.max_clients)
         _check_positive("max_concurrent_uploads", self.max_concurrent_uploads)
+        _check_inline(self, self.inline_model_bytes)
         _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
         if self.advertise_address is not None:
             _check_address("advertise_address", self.advertise_address)
@@ -226,6 +241,9 @@ class ClientConfig(TransferLimits, TlsSettings):
     reconnect_max_delay: float = 10.0
     log_level: str = "INFO"
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Models up to this size may travel inline on the Connect stream (see CombinerConfig);
+    # 0: always ModelService.
+    inline_model_bytes: int = 1 * MiB
     # The client's bearer token (role client, subject = name) for controller and combiner.
     token: str | None = field(default=None, repr=False)
     # Analyses (FLAME): the node's key pair, local intermediate data and tags live here;
@@ -244,6 +262,7 @@ class ClientConfig(TransferLimits, TlsSettings):
         TransferLimits.__post_init__(self)
         TlsSettings.__post_init__(self)
         _check_address("controller", self.controller)
+        _check_inline(self, self.inline_model_bytes)
         _check_positive("analysis_stop_grace", self.analysis_stop_grace)
         for source in self.data_sources:
             _check(isinstance(source, dict), "data_sources", "must be a list of mappings")

@@ -26,13 +26,16 @@ from fedgrpc.client.entry import TrainFn, ValidateFn
 from fedgrpc.client.host import AnalysisHost
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
+    ChecksumMismatch,
     FedgrpcError,
     InvalidArgument,
+    PayloadTooLarge,
     PermissionDenied,
     TlsHandshakeFailed,
     Unauthenticated,
     from_rpc_error,
 )
+from fedgrpc.model.chunking import sha256_hex
 from fedgrpc.model.serialization import dump_model, load_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
@@ -95,6 +98,8 @@ class Client:
         self.combiner_name = ""
         self.connected = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
+        # The largest update sent inline on the stream (the combiner's Welcome says; 0: none).
+        self._inline_limit = 0
         # Analyses (FLAME): keys, inboxes, analysis processes and the node-local service.
         self.analyses = AnalysisHost(self.config, self.name)
 
@@ -199,6 +204,7 @@ class Client:
             version=__version__,
             tags=self.config.tags,
             public_key=self.analyses.public_key,
+            inline_model_bytes=self.config.inline_model_bytes,
         )
         yield combiner_pb2.ClientMessage(hello=hello)
         while True:
@@ -214,6 +220,9 @@ class Client:
         kind = message.WhichOneof("kind")
         self._last_heard = time.monotonic()
         if kind == "welcome":
+            self._inline_limit = min(
+                message.welcome.inline_model_bytes, self.config.inline_model_bytes
+            )
             self._start_heartbeats(message.welcome, outbox, stream)
             self.analyses.connected(outbox)
             self.connected.set()
@@ -273,19 +282,45 @@ class Client:
 
         return await asyncio.to_thread(locked)
 
-    async def _fetch(self, models: model_pb2_grpc.ModelServiceStub, model_id: str) -> Any:
-        # Received into one buffer the arrays then view: no join, no copy of the model.
-        received = await download_model(
-            models, model_id, max_size=self.config.max_model_size, mutable=True
-        )
+    async def _fetch(
+        self,
+        models: model_pb2_grpc.ModelServiceStub,
+        task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask,
+    ) -> Any:
+        if task.model:  # sent inline with the task
+            data: bytes | bytearray | memoryview = self._verified_inline(task)
+        else:
+            # Received into one buffer the arrays then view: no join, no copy of the model.
+            received = await download_model(
+                models, task.model_id, max_size=self.config.max_model_size, mutable=True
+            )
+            data = received.data
         arrays = await _off_loop_if_large(
-            len(received.data),
+            len(data),
             load_model,
-            received.data,
+            data,
             max_size=self.config.max_model_size,
             copy=False,
         )
         return as_user_model(arrays)
+
+    def _verified_inline(
+        self, task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask
+    ) -> bytearray:
+        """A task's inline model, size and sha256 checked, in a buffer the arrays may view."""
+        if len(task.model) > self.config.max_model_size:
+            raise PayloadTooLarge(
+                f"inline model of {len(task.model)} bytes is over max_model_size "
+                f"({self.config.max_model_size})"
+            )
+        data = bytearray(task.model)
+        actual = sha256_hex(data)
+        if actual != task.model_sha256.lower():
+            raise ChecksumMismatch(
+                f"inline model {task.model_id}: sha256 is {actual}, the task says "
+                f"{task.model_sha256 or '(none)'}"
+            )
+        return data
 
     async def _run_train(
         self,
@@ -296,12 +331,23 @@ class Client:
         if self._train is None:
             return _fail(outbox, task.task_id, "this client has no train function")
         try:
-            model = await self._fetch(models, task.model_id)
+            model = await self._fetch(models, task)
             started = time.monotonic()
             result = await self._call_user(self._train, model, struct_to_dict(task.settings))
             new_model, metadata = _train_output(result)
             metadata = {**metadata, "train_seconds": time.monotonic() - started}
             data = await _off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
+            if 0 < len(data) <= self._inline_limit:  # one stream message, no Upload call
+                update = combiner_pb2.ModelUpdate(
+                    task_id=task.task_id,
+                    session_id=task.session_id,
+                    round_id=task.round_id,
+                    model=data,
+                    sha256=sha256_hex(data),
+                    metadata=dict_to_struct(metadata),
+                )
+                outbox.put_nowait(combiner_pb2.ClientMessage(update=update))
+                return
             header = model_pb2.ModelHeader(
                 task_id=task.task_id,
                 session_id=task.session_id,
@@ -327,7 +373,7 @@ class Client:
         if self._validate is None:
             return _fail(outbox, task.task_id, "this client has no validate function")
         try:
-            model = await self._fetch(models, task.model_id)
+            model = await self._fetch(models, task)
             metrics = await self._call_user(self._validate, model)
             if not isinstance(metrics, Mapping):
                 raise InvalidArgument(

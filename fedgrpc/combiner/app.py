@@ -47,6 +47,7 @@ class Combiner:
         self.config = config
         self.server: RunningServer | None = None
         self.core: CombinerCore | None = None
+        self.model_service: CombinerModelServicer | None = None
         self.link: ControllerLink | None = None
         self._link_task: asyncio.Task[None] | None = None
         self.name = config.name or ""
@@ -70,11 +71,17 @@ class Combiner:
             name=self.name,
             max_clients=config.max_clients,
             max_model_size=config.max_model_size,
+            inline_model_bytes=config.inline_model_bytes,
             report=self._report,
             fetch_model=self._fetch_model,
             upload_partial=self._upload_partial,
         )
         self.core = core
+        self.model_service = CombinerModelServicer(
+            core,
+            chunk_size=config.chunk_size,
+            max_concurrent_uploads=config.max_concurrent_uploads,
+        )
         services = [
             Service(
                 servicer=CombinerServicer(
@@ -86,11 +93,7 @@ class Combiner:
                 name=service_name(combiner_pb2, "CombinerService"),
             ),
             Service(
-                servicer=CombinerModelServicer(
-                    core,
-                    chunk_size=config.chunk_size,
-                    max_concurrent_uploads=config.max_concurrent_uploads,
-                ),
+                servicer=self.model_service,
                 add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),

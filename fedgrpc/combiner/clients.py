@@ -21,6 +21,9 @@ class ClientConnection(StreamPeer[combiner_pb2.ServerMessage]):
     tags: tuple[str, ...] = ()
     # The node's X25519 public key from its hello (analyses); forwarded to the controller.
     public_key: bytes = b""
+    # The largest model sent to or accepted from this client inline on its stream (the
+    # smaller of the combiner's and the client's limits); 0: ModelService only.
+    inline_model_bytes: int = 0
 
 
 ConnectionHook = Callable[[ClientConnection], None]
@@ -42,7 +45,13 @@ class ClientRegistry:
         self._on_disconnect = on_disconnect
 
     def connect(
-        self, name: str, ip: str, tags: tuple[str, ...] = (), *, public_key: bytes = b""
+        self,
+        name: str,
+        ip: str,
+        tags: tuple[str, ...] = (),
+        *,
+        public_key: bytes = b"",
+        inline_model_bytes: int = 0,
     ) -> ClientConnection:
         if not name or len(name) > 128:
             raise InvalidArgument("client name must be 1 to 128 characters")
@@ -51,7 +60,13 @@ class ClientRegistry:
             raise ResourceExhausted(
                 f"combiner is full ({self._max_clients} clients); ask the controller for another"
             )
-        connection = ClientConnection(name=name, ip=ip, tags=tags, public_key=public_key)
+        connection = ClientConnection(
+            name=name,
+            ip=ip,
+            tags=tags,
+            public_key=public_key,
+            inline_model_bytes=inline_model_bytes,
+        )
         self._clients[name] = connection
         if previous is not None:
             log.info("client %s reconnected; closing its previous stream", name)

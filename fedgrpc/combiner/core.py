@@ -18,7 +18,15 @@ from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
 from fedgrpc.combiner.validation import ValidationPass
-from fedgrpc.errors import FailedPrecondition, FedgrpcError, PermissionDenied
+from fedgrpc.errors import (
+    ChecksumMismatch,
+    FailedPrecondition,
+    FedgrpcError,
+    InvalidArgument,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from fedgrpc.model.chunking import sha256_hex
 from fedgrpc.model.serialization import dump_model_shared, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
@@ -47,12 +55,15 @@ class CombinerCore:
         name: str,
         max_clients: int,
         max_model_size: int,
+        inline_model_bytes: int = 0,
         report: ReportSink,
         fetch_model: FetchModel,
         upload_partial: UploadPartial,
     ) -> None:
         self.name = name
         self.max_model_size = max_model_size
+        # Models up to this size travel inline on the clients' streams (0: never).
+        self.inline_model_bytes = inline_model_bytes
         self._report = report
         self._upload_partial = upload_partial
         self.models = ModelCache(fetch_model)
@@ -112,6 +123,8 @@ class CombinerCore:
             work = self._tasks.get(message.validation.task_id)
             if isinstance(work, ValidationPass):
                 work.result(message.validation.task_id, message.validation)
+        elif kind == "update":
+            self._spawn(self._inline_update(client, message.update))
         elif kind in _FROM_NODES:
             self._report(analysis_report(client.name, message))
 
@@ -183,6 +196,81 @@ class CombinerCore:
             )
             raise
 
+    async def _inline_update(
+        self, client: ClientConnection, update: combiner_pb2.ModelUpdate
+    ) -> None:
+        """An update sent on the client's stream: checked as an upload would be (the task must
+        be this client's and open, the size within the limits, the sha256 right), then folded.
+
+        There is no call to fail, so every refusal is recorded as a status event; one for the
+        client's own open task also ends that task as ``rejected``, so the round goes on with
+        the other clients instead of waiting for its timeout.
+        """
+        header = model_pb2.ModelHeader(
+            task_id=update.task_id,
+            session_id=update.session_id,
+            round_id=update.round_id,
+            sha256=update.sha256,
+            total_size=len(update.model),
+        )
+        header.metadata.CopyFrom(update.metadata)
+        try:
+            self.check_upload(header, uploader=client.name)  # late/unknown: recorded there
+        except PermissionDenied as exc:
+            log.warning("client %s: inline update refused: %s", client.name, exc)
+            self.status(
+                "update.dropped",
+                f"inline update from {client.name} refused: {exc}",
+                level="WARNING",
+                session_id=update.session_id,
+                round_id=update.round_id,
+                sender_name=client.name,
+                sender_role="client",
+            )
+            return
+        except FedgrpcError as exc:
+            log.warning("client %s: inline update refused: %s", client.name, exc)
+            return
+        round_ = self._round_for_task(update.task_id)
+        try:
+            data = self._verified_inline(client, update)
+        except FedgrpcError as exc:
+            message = f"inline update refused: {exc.code.name}: {exc}"
+            round_.task_failed(update.task_id, message, status="rejected")
+            self.status(
+                "update.rejected",
+                f"update from {client.name} for round {round_.id}: {message}",
+                level="WARNING",
+                session_id=round_.assignment.session_id,
+                round_id=round_.id,
+            )
+            return
+        try:
+            await self.accept_update(ReceivedModel(header=header, data=data))
+        except FedgrpcError as exc:  # recorded by accept_update
+            log.warning("client %s: inline update refused: %s", client.name, exc)
+
+    def _verified_inline(
+        self, client: ClientConnection, update: combiner_pb2.ModelUpdate
+    ) -> memoryview:
+        """The inline update's bytes, in a buffer this round owns (parsed in place)."""
+        size, limit = len(update.model), client.inline_model_bytes
+        if size > limit or size > self.max_model_size:
+            raise PayloadTooLarge(
+                f"inline update of {size} bytes is over the inline limit of "
+                f"{min(limit, self.max_model_size)} bytes announced to this client; "
+                "larger updates go through ModelService.Upload"
+            )
+        if len(update.sha256) != 64:
+            raise InvalidArgument("an inline update needs its sha256 (64 hex characters)")
+        data = bytearray(update.model)
+        actual = sha256_hex(data)
+        if actual != update.sha256.lower():
+            raise ChecksumMismatch(
+                f"inline update's sha256 is {actual}, its message says {update.sha256}"
+            )
+        return memoryview(data)
+
     def _round_for_task(self, task_id: str) -> TrainingRound:
         work = self._tasks.get(task_id)
         if isinstance(work, TrainingRound):
@@ -236,7 +324,8 @@ class CombinerCore:
         self._report(network_pb2.CombinerReport(round_result=result))
 
     async def _open_round(self, assignment: network_pb2.RoundAssignment) -> TrainingRound:
-        reference = await self._reference_specs(assignment.model_id)
+        cached = await self.models.get(assignment.model_id)
+        reference = self._reference_specs(cached)
         aggregator = get_aggregator(
             assignment.aggregator, struct_to_dict(assignment.aggregator_kwargs)
         )
@@ -247,15 +336,15 @@ class CombinerCore:
         sampled = sample_clients(
             self.clients.online(), assignment.requested_clients, assignment.sampling_seed
         )
-        round_.dispatch(sampled)
-        self.models.expect_downloads(assignment.model_id, len(sampled))
+        downloads = round_.dispatch(sampled, cached)
+        if downloads:
+            self.models.expect_downloads(assignment.model_id, downloads)
         for task_id in round_.task_ids:
             self._tasks[task_id] = round_
         return round_
 
-    async def _reference_specs(self, model_id: str) -> dict[str, ArraySpec]:
+    def _reference_specs(self, cached: CachedModel) -> dict[str, ArraySpec]:
         """Names, shapes and dtypes updates must match, read from the model's header only."""
-        cached = await self.models.get(model_id)
         specs = model_specs(cached.data, max_size=self.max_model_size)
         return {name: ArraySpec(shape, dtype) for name, (shape, dtype) in specs.items()}
 
@@ -279,7 +368,14 @@ class CombinerCore:
         validation = ValidationPass(assignment, self._report)
         self._validations.add(validation)
         try:
-            validation.dispatch(self.clients.online())
+            clients = self.clients.online()
+            model = None
+            if any(client.inline_model_bytes for client in clients):
+                try:
+                    model = await self.models.get(assignment.model_id)
+                except FedgrpcError as exc:  # the clients download it (and report failures)
+                    log.warning("validation model %s not cached: %s", assignment.model_id, exc)
+            validation.dispatch(clients, model)
             for task_id in validation.task_ids:
                 self._tasks[task_id] = validation
             await validation.run_to_end()

@@ -22,6 +22,7 @@ import numpy as np
 
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.clients import ClientConnection
+from fedgrpc.combiner.models import CachedModel
 from fedgrpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fedgrpc.model.serialization import load_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2
@@ -74,6 +75,11 @@ def sample_clients(
     return random.Random(seed).sample(ordered, count)
 
 
+def fits_inline(size: int, client: ClientConnection) -> bool:
+    """A model of ``size`` bytes travels inline on this client's stream."""
+    return 0 < size <= client.inline_model_bytes
+
+
 def update_weight(metadata: Mapping[str, Any]) -> float:
     """The update's weight: ``num_examples``, required, finite and positive."""
     value = metadata.get("num_examples")
@@ -109,17 +115,28 @@ class TrainingRound:
     def task_ids(self) -> list[str]:
         return list(self._outcomes)
 
-    def dispatch(self, clients: list[ClientConnection]) -> None:
-        """Send a train task to each sampled client."""
+    def dispatch(self, clients: list[ClientConnection], model: CachedModel | None = None) -> int:
+        """Send a train task to each sampled client, with ``model`` inline to those whose
+        inline limit it fits; return how many were sent it by id only (they download it)."""
         buffer = self.assignment.round_buffer_size
         self._target = len(clients) if buffer <= 0 else min(buffer, len(clients))
         now = time.monotonic()
+        by_id = 0
+        payload: bytes | None = None
         for client in clients:
             task_id = uuid.uuid4().hex
             self._outcomes[task_id] = ClientOutcome(client_name=client.name, sent_at=now)
-            client.send(self._train_task(task_id))
+            message = self._train_task(task_id)
+            if model is not None and fits_inline(len(model.data), client):
+                payload = bytes(model.data) if payload is None else payload
+                message.train.model = payload
+                message.train.model_sha256 = model.sha256
+            else:
+                by_id += 1
+            client.send(message)
         if not clients:
             self.close("no clients connected to this combiner")
+        return by_id
 
     def _train_task(self, task_id: str) -> combiner_pb2.ServerMessage:
         a = self.assignment
@@ -178,10 +195,12 @@ class TrainingRound:
         arrays = load_model(handed_over.pop(), max_size=self._max_model_size, copy=False)
         self._accumulator.add(arrays, weight, consume=True)
 
-    def task_failed(self, task_id: str, message: str) -> None:
+    def task_failed(self, task_id: str, message: str, *, status: str = "failed") -> None:
+        """The task ends without an update: ``failed`` (the client says so) or ``rejected``
+        (its inline update could not be used)."""
         outcome = self._outcomes.get(task_id)
         if outcome is not None and outcome.status == "pending":
-            self._finish(outcome, "failed", message=message)
+            self._finish(outcome, status, message=message)
 
     def client_gone(self, client_name: str) -> None:
         for outcome in self._outcomes.values():

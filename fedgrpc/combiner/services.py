@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
@@ -44,7 +45,11 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         validate_fields(hello)
         check_acting_as(hello.name, "client name")
         client = self._core.clients.connect(
-            hello.name, context.peer(), tuple(hello.tags), public_key=hello.public_key
+            hello.name,
+            context.peer(),
+            tuple(hello.tags),
+            public_key=hello.public_key,
+            inline_model_bytes=min(self._core.inline_model_bytes, hello.inline_model_bytes),
         )
         client.token_id = caller_token_id()
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
@@ -52,6 +57,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
             combiner_name=self._core.name,
             heartbeat_interval=self._interval,
             heartbeat_timeout=self._timeout,
+            inline_model_bytes=client.inline_model_bytes,
         )
         try:
             yield combiner_pb2.ServerMessage(welcome=welcome)
@@ -99,12 +105,15 @@ class CombinerModelServicer:
         # memory until folded, and on the combiner's one event loop two streams are no faster
         # than one. Waiting streams are held back by HTTP/2 flow control, not buffered here.
         self._large_ingest = asyncio.Lock()
+        # Calls served, by method name (small models travel inline on Connect instead).
+        self.calls: Counter[str] = Counter()
 
     async def Upload(
         self,
         request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
+        self.calls["Upload"] += 1
         uploader = acting_subject()  # a client uploads only for its own tasks
         async with self._ingest:
             messages = aiter(request_iterator)
@@ -133,6 +142,7 @@ class CombinerModelServicer:
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        self.calls["Download"] += 1
         cached = await self._core.models.get(request.model_id)
         header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
         # A client may ask for smaller chunks, never for larger than the server's message limit.

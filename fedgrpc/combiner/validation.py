@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 
 from fedgrpc.combiner.clients import ClientConnection
+from fedgrpc.combiner.models import CachedModel
+from fedgrpc.combiner.rounds import fits_inline
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 
@@ -29,8 +31,10 @@ class ValidationPass:
     def task_ids(self) -> list[str]:
         return list(self._pending)
 
-    def dispatch(self, clients: list[ClientConnection]) -> None:
+    def dispatch(self, clients: list[ClientConnection], model: CachedModel | None = None) -> None:
+        """Send a validate task to each client, ``model`` inline where it fits."""
         a = self.assignment
+        payload: bytes | None = None
         for client in clients:
             task_id = uuid.uuid4().hex
             self._pending[task_id] = client.name
@@ -41,6 +45,9 @@ class ValidationPass:
                 model_id=a.model_id,
                 timeout=a.timeout,
             )
+            if model is not None and fits_inline(len(model.data), client):
+                payload = bytes(model.data) if payload is None else payload
+                task.model, task.model_sha256 = payload, model.sha256
             client.send(combiner_pb2.ServerMessage(validate=task))
         self._requested = len(clients)
         self._check_done()

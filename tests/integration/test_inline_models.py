@@ -1,0 +1,237 @@
+"""Small models travel inline on the Connect stream; large ones keep using ModelService.
+
+ModelService calls are counted by the combiner's own servicer (``Combiner.model_service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from fedgrpc.combiner.app import Combiner
+from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.serialization import dump_model
+from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.control.v1 import control_pb2
+from fedgrpc.rpc.channel import open_channel
+from fedgrpc.security.tokens import Role
+from fedgrpc.transfer import dict_to_struct
+from tests.integration.conftest import LocalNetwork, constant_validate, eventually, shift_train
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _calls(combiner: Combiner) -> dict[str, int]:
+    assert combiner.model_service is not None
+    return dict(combiner.model_service.calls)
+
+
+async def _statuses(net: LocalNetwork, event_type: str) -> list[str]:
+    request = control_pb2.ListStatusesRequest(event_type=event_type)
+    return [status.message for status in (await net.control.ListStatuses(request)).result]
+
+
+class RawClient:
+    """A client speaking the Connect stream by hand (to send what a real client never would)."""
+
+    def __init__(
+        self, net: LocalNetwork, combiner: Combiner, name: str, *, limit: int = 1 << 20
+    ) -> None:
+        self.name = name
+        self.limit = limit  # what the combiner's welcome must announce
+        self.channel = open_channel(
+            combiner.address, max_message_size=16 << 20, token=net.token(Role.CLIENT, name)
+        )
+        self.outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
+        hello = combiner_pb2.ClientHello(name=name, inline_model_bytes=1 << 20)
+        self.outbox.put_nowait(combiner_pb2.ClientMessage(hello=hello))
+        stub = combiner_pb2_grpc.CombinerServiceStub(self.channel)
+        self.stream = stub.Connect(self._outgoing())
+
+    async def _outgoing(self) -> AsyncIterator[combiner_pb2.ClientMessage]:
+        while True:
+            yield await self.outbox.get()
+
+    async def next_task(self) -> combiner_pb2.TrainTask:
+        async for message in self.stream:
+            if message.HasField("welcome"):
+                assert message.welcome.inline_model_bytes == self.limit
+            if message.HasField("train"):
+                task: combiner_pb2.TrainTask = message.train
+                return task
+        raise AssertionError("stream ended before a train task")
+
+    def send_update(
+        self,
+        task: combiner_pb2.TrainTask,
+        value: float,
+        *,
+        task_id: str = "",
+        corrupt: bool = False,
+        size: int = 3,
+    ) -> None:
+        data = dump_model([np.full(size, value, dtype=np.float32)])
+        update = combiner_pb2.ModelUpdate(
+            task_id=task_id or task.task_id,
+            session_id=task.session_id,
+            round_id=task.round_id,
+            model=data,
+            sha256=sha256_hex(data + b"x" if corrupt else data),
+            metadata=dict_to_struct({"num_examples": 1}),
+        )
+        self.outbox.put_nowait(combiner_pb2.ClientMessage(update=update))
+
+    async def close(self) -> None:
+        self.stream.cancel()
+        await self.channel.close()
+
+
+async def test_small_models_use_no_model_service_call(local_network: LocalNetwork) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha")
+    for i, delta in enumerate([1.0, 2.0, 3.0]):
+        await net.add_client(f"c{i}", shift_train(delta), constant_validate)
+    await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    session_id = await net.start_session(rounds=3, round_timeout=20, validate=True)
+    session = await net.wait_session(session_id)
+    assert session.status == "finished", session.reason
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [6.0] * 1000)
+    rounds = await net.rounds(session_id)
+    assert all(c.status == "ok" for r in rounds for c in r.combiners[0].clients)
+
+    async def validated() -> bool:
+        request = control_pb2.ListValidationsRequest(session_id=session_id)
+        return bool((await net.control.ListValidations(request)).count >= 9)
+
+    await eventually(validated, what="3 validations per round, from inline models")
+    assert sum(_calls(combiner).values()) == 0, _calls(combiner)
+
+
+async def test_models_over_the_inline_limit_use_model_service(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    small = await net.add_combiner("small", inline_model_bytes=1024)  # the model is ~4 KB
+    await net.add_client("s0", shift_train(1.0))
+    await net.add_client("s1", shift_train(3.0))
+    await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    session_id = await net.start_session(rounds=2, round_timeout=20, validate=False)
+    session = await net.wait_session(session_id)
+    assert session.status == "finished", session.reason
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [4.0] * 1000)
+    assert _calls(small) == {"Download": 4, "Upload": 4}
+
+
+async def test_a_client_with_inline_off_uses_model_service(local_network: LocalNetwork) -> None:
+    net = local_network
+    mixed = await net.add_combiner("mixed")
+    await net.add_client("m0", shift_train(1.0))
+    await net.add_client("m1", shift_train(3.0), inline_model_bytes=0)
+    await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    session_id = await net.start_session(rounds=2, round_timeout=20, validate=False)
+    session = await net.wait_session(session_id)
+    assert session.status == "finished", session.reason
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [4.0] * 1000)
+    assert _calls(mixed) == {"Download": 2, "Upload": 2}
+
+
+async def test_corrupted_inline_update_is_refused_and_round_goes_on(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha")
+    await net.add_client("good", shift_train(2.0))
+    raw = RawClient(net, combiner, "corrupt")
+    try:
+        await eventually(
+            lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
+        )
+        await net.upload_seed([np.zeros(3, dtype=np.float32)])
+        session_id = await net.start_session(
+            rounds=1, round_timeout=60, requested_clients=2, validate=False
+        )
+        task = await raw.next_task()
+        assert task.model
+        assert task.model_sha256 == sha256_hex(task.model)
+        raw.send_update(task, 100.0, corrupt=True)
+        # Decided by the refusal, not by the 60 s timeout.
+        session = await net.wait_session(session_id, timeout=20)
+    finally:
+        await raw.close()
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    outcome = {c.client_name: c for c in round_.combiners[0].clients}
+    assert outcome["good"].status == "ok"
+    assert outcome["corrupt"].status == "rejected"
+    assert "DATA_LOSS" in outcome["corrupt"].message
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [2.0] * 3)
+    assert any("DATA_LOSS" in m for m in await _statuses(net, "update.rejected"))
+    assert sum(_calls(combiner).values()) == 0
+
+
+async def test_inline_update_for_another_clients_task_is_refused(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha")
+    alice = RawClient(net, combiner, "alice")
+    mallory = RawClient(net, combiner, "mallory")
+    try:
+        await eventually(
+            lambda: net.controller.network.registry.clients_online() == 2, what="raw clients"
+        )
+        await net.upload_seed([np.zeros(3, dtype=np.float32)])
+        session_id = await net.start_session(
+            rounds=1, round_timeout=60, requested_clients=2, validate=False
+        )
+        alice_task, mallory_task = await asyncio.gather(alice.next_task(), mallory.next_task())
+        mallory.send_update(mallory_task, 100.0, task_id=alice_task.task_id)
+
+        async def refused() -> bool:
+            return any("not to 'mallory'" in m for m in await _statuses(net, "update.dropped"))
+
+        await eventually(refused, what="the forged update refused and recorded")
+        alice.send_update(alice_task, 1.0)  # alice's own task is still open
+        mallory.send_update(mallory_task, 3.0)
+        session = await net.wait_session(session_id, timeout=20)
+    finally:
+        await alice.close()
+        await mallory.close()
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    assert {c.client_name: c.status for c in round_.combiners[0].clients} == {
+        "alice": "ok",
+        "mallory": "ok",
+    }
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [2.0] * 3)
+    assert sum(_calls(combiner).values()) == 0
+
+
+async def test_inline_update_over_the_limit_is_refused(local_network: LocalNetwork) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha", inline_model_bytes=1024)
+    await net.add_client("good", shift_train(2.0))
+    raw = RawClient(net, combiner, "big", limit=1024)  # asked for 1 MiB, the combiner's is less
+    try:
+        await eventually(
+            lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
+        )
+        await net.upload_seed([np.zeros(3, dtype=np.float32)])
+        session_id = await net.start_session(
+            rounds=1, round_timeout=60, requested_clients=2, validate=False
+        )
+        task = await raw.next_task()
+        raw.send_update(task, 1.0, size=1000)  # ~4 KB
+        session = await net.wait_session(session_id, timeout=20)
+    finally:
+        await raw.close()
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    outcome = {c.client_name: c for c in round_.combiners[0].clients}
+    assert outcome["good"].status == "ok"
+    assert outcome["big"].status == "rejected"
+    assert "RESOURCE_EXHAUSTED" in outcome["big"].message
+    assert "inline limit of 1024 bytes" in outcome["big"].message
