@@ -10,7 +10,7 @@ a node that is offline delivered after its client restarts, a local-DP final res
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,9 +96,23 @@ async def ended(network: LocalNetwork, analysis_id: str) -> control_pb2.Analysis
     return result
 
 
-def signal_offline(path: Path) -> None:
-    with path.open("w") as fifo:  # blocks until the aggregator's process opens it
-        fifo.write("n2 offline\n")
+async def signal_offline(path: Path) -> None:
+    """Tell the aggregator's process (reading the FIFO) that n2 is gone. Opening without
+    blocking fails until a reader is there, so a process that died never hangs the test."""
+
+    def opened() -> int | None:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            return None
+
+    fd = await eventually(opened, timeout=60, what="the aggregator to open the signal FIFO")
+    try:
+        os.write(fd, b"n2 offline\n")
+    finally:
+        os.close(fd)
 
 
 async def test_sdk_through_the_real_broker(network: LocalNetwork, tmp_path: Path) -> None:
@@ -121,7 +135,7 @@ async def test_sdk_through_the_real_broker(network: LocalNetwork, tmp_path: Path
     await node_status(network, "sdk-net", "n2", "executed")
     key_before = n2_before.analyses.public_key
     await network.stop_client("n2")
-    await asyncio.to_thread(signal_offline, fifo)
+    await signal_offline(fifo)
     n2_after = await add_node(network, "n2")
     assert n2_after.analyses.public_key == key_before  # same data dir, same keys
 
