@@ -7,6 +7,7 @@ dropped, duplicates, a node going away) is under the test's control.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -151,6 +152,16 @@ async def start_network(tmp_path: Path, **controller: Any) -> LocalNetwork:
     await network.add_combiner("c1")
     await network.add_combiner("c2")
     return network
+
+
+@contextlib.asynccontextmanager
+async def running_network(tmp_path: Path, **controller: Any) -> AsyncIterator[LocalNetwork]:
+    """:func:`start_network`, closed again when the block ends (the tests' fixture)."""
+    network = await start_network(tmp_path, **controller)
+    try:
+        yield network
+    finally:
+        await network.close()
 
 
 async def add_node(network: LocalNetwork, name: str, combiner: int = 0, **kwargs: Any) -> FakeNode:

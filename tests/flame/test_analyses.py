@@ -20,18 +20,15 @@ from tests.flame.fake_nodes import (
     add_node,
     admin_storage,
     node_offline,
-    start_network,
+    running_network,
 )
 from tests.integration.conftest import LocalNetwork, eventually
 
 
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[LocalNetwork]:
-    local = await start_network(tmp_path)  # nodes fail after 1 s offline
-    try:
+    async with running_network(tmp_path) as local:  # nodes fail after 1 s offline
         yield local
-    finally:
-        await local.close()
 
 
 @pytest.fixture

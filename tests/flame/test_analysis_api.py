@@ -15,17 +15,14 @@ from fedgrpc.api import APIClient
 from fedgrpc.cli.root import main
 from fedgrpc.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from fedgrpc.proto.messaging.v1 import messaging_pb2 as mpb
-from tests.flame.fake_nodes import FakeNode, add_node, start_network
+from tests.flame.fake_nodes import FakeNode, add_node, running_network
 from tests.integration.conftest import LocalNetwork, eventually
 
 
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[LocalNetwork]:
-    local = await start_network(tmp_path)
-    try:
+    async with running_network(tmp_path) as local:
         yield local
-    finally:
-        await local.close()
 
 
 @pytest.fixture

@@ -10,17 +10,14 @@ import pytest
 
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.statestore import Record
-from tests.flame.fake_nodes import FakeNode, add_node, node_offline, start_network
+from tests.flame.fake_nodes import FakeNode, add_node, node_offline, running_network
 from tests.integration.conftest import LocalNetwork, eventually
 
 
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[LocalNetwork]:
-    local = await start_network(tmp_path, analysis_node_grace_seconds=60.0)
-    try:
+    async with running_network(tmp_path, analysis_node_grace_seconds=60.0) as local:
         yield local
-    finally:
-        await local.close()
 
 
 async def start(network: LocalNetwork, nodes: list[str], analysis_id: str = "a1") -> str:
