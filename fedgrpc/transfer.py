@@ -8,8 +8,10 @@ truncated, corrupted or oversized upload is refused without ever being stored.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -23,12 +25,12 @@ from fedgrpc.model.chunking import (
     iter_chunks,
     sha256_hex,
 )
+from fedgrpc.model.digest import DigestBehind
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
 
-# Chunks and payloads from these sizes on are hashed, or joined, off the event loop: below
-# them a thread hop costs more than the work.
-_OFFLOAD_BYTES = 256 * 1024
+# Payloads from this size on are joined off the event loop: below it a thread hop costs more
+# than the work.
 _OFFLOAD_JOIN_BYTES = 8 * 1024 * 1024
 # A whole payload below this size is hashed on the event loop: under 2 ms of sha256, less
 # than the thread wake-ups of handing it over when the machine is busy.
@@ -44,6 +46,7 @@ _INLINE_PAYLOAD_BYTES = 2 * 1024 * 1024
 # is not exactly one data field, go through protobuf with all its rules.
 _DATA_TAG = b"\x12"
 _EMPTY_HEADER = model_pb2.ModelHeader()
+_EMPTY_TRAILER = model_pb2.ModelTrailer()
 _SERVICE = "fedgrpc.model.v1.ModelService"
 
 
@@ -64,6 +67,10 @@ class DataChunk:
     @property
     def header(self) -> model_pb2.ModelHeader:
         return _EMPTY_HEADER
+
+    @property
+    def trailer(self) -> model_pb2.ModelTrailer:
+        return _EMPTY_TRAILER
 
 
 Chunk = model_pb2.ModelChunk | DataChunk
@@ -248,25 +255,53 @@ async def upload_model(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     timeout: float | None = None,
 ) -> model_pb2.UploadResponse:
-    """Upload ``data`` and return the receiver's acknowledgement (typed errors on failure)."""
+    """Upload ``data`` and return the receiver's acknowledgement (typed errors on failure).
 
-    if not header.sha256 and memoryview(data).nbytes >= _INLINE_PAYLOAD_BYTES:
-        # Hash a large payload in a thread: the event loop keeps serving other streams.
-        hashed = model_pb2.ModelHeader()
-        hashed.CopyFrom(header)
-        hashed.sha256 = await asyncio.to_thread(sha256_hex, data)
-        header = hashed
-
-    encoded = isinstance(stub, ModelTransferStub)
-
-    async def messages() -> AsyncIterator[model_pb2.ModelChunk | bytes]:
-        stream = encoded_model_stream if encoded else model_stream
-        for message in stream(data, header=header, chunk_size=chunk_size):
-            yield message
-
+    Through a :class:`ModelTransferStub`, a large payload whose header has no sha256 is hashed
+    while it is sent and its digest goes in the trailer; otherwise the header carries it.
+    """
+    messages: AsyncIterator[model_pb2.ModelChunk | bytes]
+    if isinstance(stub, ModelTransferStub):
+        messages = _encoded_upload(data, header, chunk_size)
+    else:
+        messages = _iterate(model_stream(data, header=header, chunk_size=chunk_size))
     async with typed_errors():
-        response: model_pb2.UploadResponse = await stub.Upload(messages(), timeout=timeout)
+        response: model_pb2.UploadResponse = await stub.Upload(messages, timeout=timeout)
         return response
+
+
+async def _iterate(
+    messages: Iterable[model_pb2.ModelChunk | bytes],
+) -> AsyncIterator[model_pb2.ModelChunk | bytes]:
+    for message in messages:
+        yield message
+
+
+async def _encoded_upload(
+    data: bytes | bytearray | memoryview, header: model_pb2.ModelHeader, chunk_size: int
+) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    if header.sha256 or view.nbytes < _INLINE_PAYLOAD_BYTES:
+        for message in encoded_model_stream(view, header=header, chunk_size=chunk_size):
+            yield message
+        return
+    # Each chunk is hashed in a worker thread (sha256 drops the GIL) while gRPC sends the
+    # previous one: hashing first cost a full pass (~0.1 s per 100 MB) before the first byte.
+    announced = model_pb2.ModelHeader()
+    announced.CopyFrom(header)
+    announced.total_size, announced.chunk_size = view.nbytes, chunk_size
+    yield model_pb2.ModelChunk(header=announced).SerializeToString()
+    hasher = hashlib.sha256()
+    hashing = DigestBehind()
+    try:
+        for chunk in iter_chunks(view, chunk_size):
+            hashing.then(partial(hasher.update, chunk), chunk.nbytes)
+            yield encode_data_chunk(chunk)
+        await hashing.done()
+    finally:
+        hashing.close()  # the call failed or was cancelled mid-stream
+    trailer = model_pb2.ModelTrailer(sha256=hasher.hexdigest())
+    yield model_pb2.ModelChunk(trailer=trailer).SerializeToString()
 
 
 Reuse = Callable[[str], "bytes | memoryview | None"]
@@ -328,64 +363,88 @@ async def receive_model(
     check_header: HeaderCheck | None = None,
     mutable: bool = False,
 ) -> ReceivedModel:
-    """Read one header-then-chunks stream into verified bytes.
+    """Read one header-then-chunks(-then-trailer) stream into verified bytes.
 
     ``check_header`` may raise to refuse the stream as soon as its header is read, before any
     data is buffered (e.g. an update for a round that has closed). With ``mutable`` the chunks
     are written into one preallocated ``bytearray`` as they arrive (no join: the payload is
     held once, not twice) and a view of that buffer is returned for the caller to parse in place.
+    A digest sent in the trailer is checked like one in the header, and the returned header
+    carries it.
     """
-    header: model_pb2.ModelHeader | None = None
-    assembler: ChunkAssembler | BufferAssembler | None = None
-    hashing = _HashBehind()
-    async for message in messages:
-        if message.HasField("header"):
-            if header is not None:
-                raise InvalidArgument("model stream has a second header; send exactly one, first")
-            header = message.header
-            if check_header is not None:
-                check_header(header)
-            hashing.offload = header.total_size >= _INLINE_PAYLOAD_BYTES
-            assembler = (BufferAssembler if mutable else ChunkAssembler)(
-                expected_size=header.total_size,
-                expected_sha256=header.sha256 or None,
-                max_size=max_size,
-            )
-            if isinstance(assembler, BufferAssembler) and hashing.offload:
-                await asyncio.to_thread(assembler.prepare)  # maps the pages off the loop
-        elif assembler is None:
-            raise InvalidArgument("model stream must start with a header message")
-        else:
-            data = message.data
-            await hashing.then(assembler.add_deferred(data), len(data))
-    if header is None or assembler is None:
-        raise InvalidArgument("model stream was empty: expected a header and data chunks")
-    await hashing.done()
+    hashing = DigestBehind()
+    try:
+        header, assembler, trailer = await _read_stream(
+            messages, hashing, check_header, max_size, mutable
+        )
+        await hashing.done()
+    finally:
+        hashing.close()  # the stream failed: the worker thread exits
+    if trailer and not header.sha256:
+        header = _with_sha256(header, trailer)
     if isinstance(assembler, BufferAssembler) or assembler.received < _OFFLOAD_JOIN_BYTES:
         return ReceivedModel(header=header, data=assembler.finish())
     # Joining the chunks is a copy of the whole payload; bytes.join drops the GIL for it.
     return ReceivedModel(header=header, data=await asyncio.to_thread(assembler.finish))
 
 
-class _HashBehind:
-    """Hashes a stream's chunks in order, large ones in a worker thread one chunk behind the
-    network: sha256 runs without the GIL while the event loop receives the next chunk."""
-
-    def __init__(self) -> None:
-        self._pending: asyncio.Future[None] | None = None
-        self.offload = True  # False: a small stream, hashed on the event loop
-
-    async def then(self, digest: Callable[[], None], size: int) -> None:
-        await self.done()
-        if size < _OFFLOAD_BYTES or not self.offload:
-            digest()
+async def _read_stream(
+    messages: AsyncIterator[Chunk],
+    hashing: DigestBehind,
+    check_header: HeaderCheck | None,
+    max_size: int,
+    mutable: bool,
+) -> tuple[model_pb2.ModelHeader, ChunkAssembler | BufferAssembler, str]:
+    """Header, assembler holding the data, and the trailer's digest ("" if none)."""
+    header: model_pb2.ModelHeader | None = None
+    assembler: ChunkAssembler | BufferAssembler | None = None
+    trailer = ""
+    async for message in messages:
+        if message.HasField("header"):
+            if header is not None:
+                raise InvalidArgument("model stream has a second header; send exactly one, first")
+            header = message.header
+            assembler = await _start_stream(header, check_header, hashing, max_size, mutable)
+        elif assembler is None:
+            raise InvalidArgument("model stream must start with a header message")
+        elif trailer:
+            raise InvalidArgument("model stream goes on after its trailer; send it last")
+        elif message.HasField("trailer"):
+            assembler.expect_sha256(message.trailer.sha256)
+            trailer = message.trailer.sha256.lower()
         else:
-            self._pending = asyncio.get_running_loop().run_in_executor(None, digest)
+            data = message.data
+            hashing.then(assembler.add_deferred(data), len(data))
+    if header is None or assembler is None:
+        raise InvalidArgument("model stream was empty: expected a header and data chunks")
+    return header, assembler, trailer
 
-    async def done(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+
+async def _start_stream(
+    header: model_pb2.ModelHeader,
+    check_header: HeaderCheck | None,
+    hashing: DigestBehind,
+    max_size: int,
+    mutable: bool,
+) -> ChunkAssembler | BufferAssembler:
+    if check_header is not None:
+        check_header(header)
+    hashing.offload = header.total_size >= _INLINE_PAYLOAD_BYTES
+    assembler = (BufferAssembler if mutable else ChunkAssembler)(
+        expected_size=header.total_size,
+        expected_sha256=header.sha256 or None,
+        max_size=max_size,
+    )
+    if isinstance(assembler, BufferAssembler) and hashing.offload:
+        await asyncio.to_thread(assembler.prepare)  # maps the pages off the loop
+    return assembler
+
+
+def _with_sha256(header: model_pb2.ModelHeader, sha256: str) -> model_pb2.ModelHeader:
+    completed = model_pb2.ModelHeader()
+    completed.CopyFrom(header)
+    completed.sha256 = sha256
+    return completed
 
 
 async def stream_stored_model(

@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedgrpc.aggregators.finite import all_finite
 from fedgrpc.errors import FailedPrecondition, InvalidArgument
 
 Arrays: TypeAlias = dict[str, npt.NDArray[Any]]
@@ -318,26 +319,12 @@ def _checked_count(count: object) -> int:
 
 
 def _check_finite(name: str, array: npt.NDArray[Any], what: str) -> None:
-    if array.dtype.kind != "f" or _all_finite(array):
+    if all_finite(array):
         return
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     raise InvalidArgument(
         f"{what} tensor {name!r} contains {bad} NaN or infinite values (of {array.size})"
     )
-
-
-def _all_finite(array: npt.NDArray[Any]) -> bool:
-    """Blockwise, so the check needs no boolean mask the size of the tensor."""
-    if not array.flags.c_contiguous:
-        return bool(np.isfinite(array).all())
-    length = _block_length(array.dtype)
-    mask = np.empty(min(array.size, length), dtype=bool)
-    for _, block in _blocks(array.reshape(-1), length):
-        block_mask = mask[: block.size]
-        np.isfinite(block, out=block_mask)
-        if not block_mask.all():
-            return False
-    return True
 
 
 def _block_length(dtype: np.dtype[Any]) -> int:

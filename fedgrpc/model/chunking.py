@@ -29,6 +29,8 @@ Buffer = bytes | bytearray | memoryview
 
 # Assembly buffers from this size on are anonymous memory maps (see BufferAssembler).
 _MAP_BYTES = 1024 * 1024
+# Linux's MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not name it.
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -130,6 +132,17 @@ class StreamVerifier:
             self._hasher.update(chunk)
         self._digested += _nbytes(chunk)
 
+    def expect_sha256(self, value: str) -> None:
+        """Check the payload against ``value`` at :meth:`finish`: a digest announced after the
+        data (a stream's trailer) rather than in its header."""
+        if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+            raise InvalidArgument(f"the announced sha256 must be 64 hex digits, got {value!r}")
+        if self.expected_sha256 is not None and value.lower() != self.expected_sha256:
+            raise InvalidArgument(
+                f"the stream announced two digests: {self.expected_sha256} and {value.lower()}"
+            )
+        self.expected_sha256 = value.lower()
+
     def finish(self) -> None:
         """Check the completed stream: TruncatedStream if short, ChecksumMismatch if corrupt."""
         if self._finished:
@@ -146,7 +159,7 @@ class StreamVerifier:
             )
         if self.expected_sha256 is not None and self.sha256 != self.expected_sha256:
             raise ChecksumMismatch(
-                f"sha256 mismatch over {self.received} bytes: header announced "
+                f"sha256 mismatch over {self.received} bytes: the sender announced "
                 f"{self.expected_sha256}, received bytes hash to {self.sha256}"
             )
 
@@ -209,6 +222,10 @@ class ChunkAssembler:
             self._parts.append(owned)
         return partial(self._verifier.digest, owned)
 
+    def expect_sha256(self, value: str) -> None:
+        """See :meth:`StreamVerifier.expect_sha256`."""
+        self._verifier.expect_sha256(value)
+
     def finish(self) -> bytes:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
         self._verifier.finish()
@@ -232,9 +249,9 @@ class BufferAssembler:
     arrays, e.g. to fold an update into an accumulator that adopts or overwrites them.
 
     Large buffers are anonymous memory maps, unmapped when the last view dies. :meth:`prepare`
-    (in a worker thread: it drops the GIL) maps them with ``MAP_POPULATE``, which faults
-    every page in at once: writing 100 MB into fresh pages one 4 KiB fault at a time took
-    85 ms with the GIL held here, populated 35 ms off the loop plus a 13 ms copy. A buffer
+    (in a worker thread: it drops the GIL) maps them with every page faulted in at once, in
+    2 MiB pages where the kernel allows: writing 100 MB into fresh pages one 4 KiB fault at a
+    time took 85 ms with the GIL held here, populated 18 ms off the loop plus a 13 ms copy. A buffer
     not prepared is mapped lazily on the first chunk. The announced size is committed up front
     either way (as a ``bytearray`` would be): receivers check the header (size limit, open
     task) before preparing.
@@ -272,6 +289,10 @@ class BufferAssembler:
         target[:] = chunk if not isinstance(chunk, memoryview) else chunk.cast("B")
         return partial(self._verifier.digest, target)
 
+    def expect_sha256(self, value: str) -> None:
+        """See :meth:`StreamVerifier.expect_sha256`."""
+        self._verifier.expect_sha256(value)
+
     def finish(self) -> memoryview:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
         self._verifier.finish()
@@ -284,8 +305,19 @@ def _zeroed(size: int) -> bytearray | mmap.mmap:
     """A writeable zeroed buffer; a large one mapped with its pages already faulted in."""
     if size < _MAP_BYTES:
         return bytearray(size)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return mmap.mmap(-1, size, flags=flags)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        # 2 MiB pages where the kernel allows them (THP "madvise" mode), then every page
+        # faulted in by one call: 100 MB took 18 ms this way against 41 ms with 4 KiB pages
+        # and MAP_POPULATE, and the copy into huge pages is faster too.
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+        buffer.madvise(_MADV_POPULATE_WRITE)
+    except OSError:  # kernels before 5.14 have no MADV_POPULATE_WRITE
+        buffer.close()
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+        buffer = mmap.mmap(-1, size, flags=flags)
+    return buffer
 
 
 def _exceeds(size: int | None, limit: int | None) -> bool:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64grpc/model/v1/model.proto\x12\x10\x66\x65\x64grpc.model.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb9\x01\n\x0bModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x10\n\x08round_id\x18\x06 \x01(\t\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x08 \x01(\t\"X\n\nModelChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedgrpc.model.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"@\n\x0eUploadResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"7\n\x0f\x44ownloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r2\xa9\x01\n\x0cModelService\x12J\n\x06Upload\x12\x1c.fedgrpc.model.v1.ModelChunk\x1a .fedgrpc.model.v1.UploadResponse(\x01\x12M\n\x08\x44ownload\x12!.fedgrpc.model.v1.DownloadRequest\x1a\x1c.fedgrpc.model.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64grpc/model/v1/model.proto\x12\x10\x66\x65\x64grpc.model.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb9\x01\n\x0bModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x10\n\x08round_id\x18\x06 \x01(\t\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x08 \x01(\t\"\x1e\n\x0cModelTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x8b\x01\n\nModelChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.fedgrpc.model.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x31\n\x07trailer\x18\x03 \x01(\x0b\x32\x1e.fedgrpc.model.v1.ModelTrailerH\x00\x42\t\n\x07payload\"@\n\x0eUploadResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"7\n\x0f\x44ownloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r2\xa9\x01\n\x0cModelService\x12J\n\x06Upload\x12\x1c.fedgrpc.model.v1.ModelChunk\x1a .fedgrpc.model.v1.UploadResponse(\x01\x12M\n\x08\x44ownload\x12!.fedgrpc.model.v1.DownloadRequest\x1a\x1c.fedgrpc.model.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELHEADER']._serialized_start=81
   _globals['_MODELHEADER']._serialized_end=266
-  _globals['_MODELCHUNK']._serialized_start=268
-  _globals['_MODELCHUNK']._serialized_end=356
-  _globals['_UPLOADRESPONSE']._serialized_start=358
-  _globals['_UPLOADRESPONSE']._serialized_end=422
-  _globals['_DOWNLOADREQUEST']._serialized_start=424
-  _globals['_DOWNLOADREQUEST']._serialized_end=479
-  _globals['_MODELSERVICE']._serialized_start=482
-  _globals['_MODELSERVICE']._serialized_end=651
+  _globals['_MODELTRAILER']._serialized_start=268
+  _globals['_MODELTRAILER']._serialized_end=298
+  _globals['_MODELCHUNK']._serialized_start=301
+  _globals['_MODELCHUNK']._serialized_end=440
+  _globals['_UPLOADRESPONSE']._serialized_start=442
+  _globals['_UPLOADRESPONSE']._serialized_end=506
+  _globals['_DOWNLOADREQUEST']._serialized_start=508
+  _globals['_DOWNLOADREQUEST']._serialized_end=563
+  _globals['_MODELSERVICE']._serialized_start=566
+  _globals['_MODELSERVICE']._serialized_end=735
 # @@protoc_insertion_point(module_scope)

@@ -74,32 +74,66 @@ class ModelHeader(_message.Message):
 Global___ModelHeader: _TypeAlias = ModelHeader  # noqa: Y015
 
 @_typing.final
+class ModelTrailer(_message.Message):
+    """The optional last message of a model stream: the digest of the payload, for a sender that
+    hashes while it sends (saving a full pass over the bytes before the first one leaves).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    """SHA-256 digest of the whole payload, as lowercase hex (64 characters). If the header also
+    carried one, both must be equal.
+    """
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelTrailer: _TypeAlias = ModelTrailer  # noqa: Y015
+
+@_typing.final
 class ModelChunk(_message.Message):
     """One message of a model stream. A stream is exactly one header first, then zero or more data
-    chunks whose concatenation is the payload that the header describes.
+    chunks whose concatenation is the payload that the header describes, then at most one
+    trailer. The receiver checks the sha256 from the header or the trailer before it uses the
+    payload.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    TRAILER_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The next slice of the payload, in order."""
     @_builtins.property
     def header(self) -> Global___ModelHeader:
         """The payload's description; must be the first message of the stream and only that one."""
 
+    @_builtins.property
+    def trailer(self) -> Global___ModelTrailer:
+        """The payload's digest, after the last data chunk."""
+
     def __init__(
         self,
         *,
         header: Global___ModelHeader | None = ...,
         data: _builtins.bytes = ...,
+        trailer: Global___ModelTrailer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload", "trailer", b"trailer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload", "trailer", b"trailer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "data", "trailer"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

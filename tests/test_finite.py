@@ -1,0 +1,77 @@
+"""The fast finiteness check agrees with ``np.isfinite`` everywhere a NaN or infinity can hide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedgrpc.aggregators import finite
+from fedgrpc.aggregators.finite import all_finite
+
+FLOATS: list[type[np.floating[Any]]] = [np.float16, np.float32, np.float64]
+BLOCK = finite._DOT_BLOCK
+
+
+def test_the_linked_blas_propagates_nan_through_a_dot_with_zeros() -> None:
+    # If this fails the check still works (it falls back to isfinite), only slower.
+    assert finite._dot_is_sound(np.dtype(np.float32))
+    assert finite._dot_is_sound(np.dtype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("position", [0, BLOCK - 1, BLOCK, 3 * BLOCK + 17, 4 * BLOCK + 99])
+def test_one_bad_element_anywhere_is_found(dtype: Any, bad: float, position: int) -> None:
+    array = np.linspace(-3e4, 3e4, 4 * BLOCK + 100).astype(dtype)
+    assert all_finite(array)
+    array[position] = bad
+    assert not all_finite(array)
+    assert not all_finite(array.reshape(4, -1))
+
+
+def test_largest_finite_values_do_not_count_as_overflow() -> None:
+    for dtype in FLOATS:
+        big = np.full(2 * BLOCK + 5, np.finfo(dtype).max, dtype=dtype)
+        big[::2] = np.finfo(dtype).min
+        assert all_finite(big)
+        assert all_finite(np.full(3, np.finfo(dtype).smallest_subnormal, dtype=dtype))
+
+
+def test_non_contiguous_empty_and_integer_arrays() -> None:
+    matrix = np.ones((300, 500), dtype=np.float32)
+    matrix[299, 0] = np.nan
+    assert not all_finite(matrix.T)
+    assert all_finite(matrix[:299].T)
+    assert all_finite(np.zeros(0, dtype=np.float32))
+    assert all_finite(np.arange(10, dtype=np.int64))
+    assert all_finite(np.array([True, False]))
+
+
+def test_a_blas_that_skips_zeros_falls_back_to_isfinite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(np, "dot", lambda a, b: 0.0)
+    finite._dot_is_sound.cache_clear()
+    try:
+        assert not finite._dot_is_sound(np.dtype(np.float32))
+        array = np.ones(BLOCK + 3, dtype=np.float32)
+        array[-1] = np.nan
+        assert not all_finite(array)
+    finally:
+        monkeypatch.undo()
+        finite._dot_is_sound.cache_clear()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from(FLOATS),
+        shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=40),
+        elements={"allow_nan": True, "allow_infinity": True, "allow_subnormal": True},
+    )
+)
+def test_agrees_with_isfinite(array: np.ndarray) -> None:
+    assert all_finite(array) == bool(np.isfinite(array).all())
