@@ -16,7 +16,7 @@ import safetensors.numpy
 
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.models import CachedModel, ModelCache
-from fedgrpc.controller.reduce import Partial, reduce_round
+from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
 from fedgrpc.model.chunking import BufferAssembler, iter_chunks, sha256_hex
 from fedgrpc.model.serialization import (
@@ -112,6 +112,12 @@ def test_take_partial_mean_equals_partial_mean() -> None:
 
 # --- the controller's single-partial reduce --------------------------------------------------
 def _reduce(tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg") -> bytes:
+    return _reduce_outcome(tmp_path, partial_bytes, aggregator=aggregator).model_bytes
+
+
+def _reduce_outcome(
+    tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg"
+) -> ReduceOutcome:
     store = DirectoryModelStore(tmp_path / "models")
     if not store.exists("global"):
         store.put_bytes("global", dump_model(_model()))
@@ -120,7 +126,15 @@ def _reduce(tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg")
         outcome = reduce_round(
             store=store,
             global_model_id="global",
-            partials=[Partial(combiner="c", model_id="p", total_weight=300.0, num_updates=3)],
+            partials=[
+                Partial(
+                    combiner="c",
+                    model_id="p",
+                    total_weight=300.0,
+                    num_updates=3,
+                    sha256=hashlib.sha256(partial_bytes).hexdigest(),
+                )
+            ],
             aggregator=aggregator,
             aggregator_kwargs={},
             state_id=None,
@@ -130,7 +144,7 @@ def _reduce(tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg")
         store.delete("p")
     assert outcome.num_updates == 3
     assert outcome.total_weight == 300.0
-    return outcome.model_bytes
+    return outcome
 
 
 def test_single_partial_reduce_matches_the_general_path(tmp_path: Path) -> None:
@@ -139,6 +153,16 @@ def test_single_partial_reduce_matches_the_general_path(tmp_path: Path) -> None:
     # Non-canonical bytes of the same model take the general path, which re-encodes them.
     odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
     assert _reduce(tmp_path, odd) == partial
+
+
+def test_a_passed_on_partial_keeps_its_checked_digest_and_a_reencoded_one_does_not(
+    tmp_path: Path,
+) -> None:
+    partial = dump_model(_model(0.25))
+    passed_on = _reduce_outcome(tmp_path, partial)
+    assert passed_on.model_sha256 == hashlib.sha256(partial).hexdigest()
+    odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
+    assert _reduce_outcome(tmp_path, odd).model_sha256 is None  # the commit hashes it
 
 
 def test_single_partial_with_nan_is_rejected_as_before(tmp_path: Path) -> None:

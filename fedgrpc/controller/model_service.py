@@ -53,6 +53,7 @@ class ControllerModelServicer:
                 durable=False,
                 verified_sha256=_verified_sha256(received),
             )
+            self._network.partial_digests[model_id] = stored.sha256
         else:
             model_id, stored = await self._store_seed(received)
         return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)

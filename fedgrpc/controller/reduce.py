@@ -30,11 +30,15 @@ class Partial:
     model_id: str
     total_weight: float
     num_updates: int
+    # The digest the controller checked when the partial arrived (None: unknown).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReduceOutcome:
     model_bytes: bytes
+    # Known digest of model_bytes (a partial passed on as it arrived), saving a hash at commit.
+    model_sha256: str | None = None
     state_bytes: bytes | None
     rejected: dict[str, str]  # combiner -> why its partial was not used
     num_updates: int
@@ -128,6 +132,7 @@ def _sole_partial_as_model(
         return None
     return ReduceOutcome(
         model_bytes=data,
+        model_sha256=partial.sha256,
         state_bytes=None,
         rejected={},
         num_updates=partial.num_updates,

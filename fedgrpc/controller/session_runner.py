@@ -207,6 +207,7 @@ class SessionRunner:
                         model_id=result.model_id,
                         total_weight=result.total_weight,
                         num_updates=result.num_updates,
+                        sha256=self.network.partial_digests.get(result.model_id),
                     )
                 )
             round_.combiners.append(_combiner_report(name, result))
@@ -253,7 +254,10 @@ class SessionRunner:
         """Store the new model, then its record, then move the session to it (crash-safe order)."""
         model_id = uuid.uuid4().hex
         stored = await asyncio.to_thread(
-            self.network.models.put_bytes, model_id, outcome.model_bytes
+            self.network.models.put_bytes,
+            model_id,
+            outcome.model_bytes,
+            verified_sha256=outcome.model_sha256,
         )
         await asyncio.to_thread(
             self.store.models.create,
@@ -303,6 +307,8 @@ class SessionRunner:
         )
 
     async def _drop_partials(self, round_: RoundRecord) -> None:
+        for partial_id in round_.partial_ids:
+            self.network.partial_digests.pop(partial_id, None)
         if self.config.get("delete_models", True):
             for partial_id in round_.partial_ids:
                 await asyncio.to_thread(self.network.models.delete, partial_id)
