@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fedgrpc_run import run_fedgrpc
+from bench.flower_env import ensure_flower_env
 from bench.flower_run import find_flower_python, flower_version, run_flower
 from bench.kernels import fedavg_kernels, transfer_kernels
 from bench.machine import machine_info
@@ -60,7 +61,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument(
         "--flower-python",
-        help="interpreter with flwr installed (default: $BENCH_FLOWER_PYTHON, else this one)",
+        help="interpreter with flwr installed (default: $BENCH_FLOWER_PYTHON, else this one if "
+        "it has flwr, else a venv with flwr==1.41.0 made once under ~/.cache/fedgrpc-bench)",
     )
     parser.add_argument("--no-flower", action="store_true", help="run fedgrpc only")
     parser.add_argument("--scale-max", type=int, help="largest client count the search tries")
@@ -90,7 +92,9 @@ def _run_suites(
     args: argparse.Namespace, command: str, out: Path
 ) -> tuple[SuiteResult, list[RunResult]]:
     sizes = QUICK if args.quick else FULL
-    flower = None if args.no_flower else find_flower_python(args.flower_python)
+    flower = None
+    if not args.no_flower:
+        flower = find_flower_python(args.flower_python) or ensure_flower_env(say=_say)
     flower_info = {"flwr": flower_version(flower), "python": flower} if flower else {}
     suite = SuiteResult(command=command, machine=machine_info(flower_info))
     chosen = args.suite or ["all"]

@@ -38,6 +38,14 @@ def _server_rss(run: RunResult) -> int:
     return run.peak_rss.get("combiner") or run.peak_rss.get("server", 0)
 
 
+def _status(run: RunResult) -> str:
+    """ "ok", or the failure on one line that fits a table cell (gRPC errors span lines)."""
+    if run.ok:
+        return "ok"
+    text = " ".join(str(run.failure).split()).replace("|", "/")
+    return f"FAILED: {text[:240]}{'…' if len(text) > 240 else ''}"
+
+
 def run_table(runs: list[RunResult]) -> list[str]:
     lines = [
         "| workload | framework | result | median round s | rounds wall s | start-up s "
@@ -45,7 +53,7 @@ def run_table(runs: list[RunResult]) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        status = "ok" if run.ok else f"FAILED: {run.failure}"
+        status = _status(run)
         lines.append(
             f"| {run.workload} ({run.clients} clients, {run.params:,} params, {run.rounds} rounds) "
             f"| {run.framework} | {status} | {_seconds(run.median_round_seconds)} "
@@ -200,7 +208,7 @@ def scale_table(runs: list[RunResult]) -> list[str]:
     ]
     for run in runs:
         combiner = run.peak_rss.get("combiner", 0)
-        status = "ok" if run.ok else f"FAILED: {run.failure}"
+        status = _status(run)
         lines.append(
             f"| {run.clients:,} | {run.extra.get('client_processes', '-')} | {status} "
             f"| {_seconds(run.median_round_seconds)} | {_seconds(run.startup_seconds)} "

@@ -30,14 +30,15 @@ class ScalePlan:
     budget_seconds: float = 1800.0
 
 
-def topology_for(clients: int, max_clients: int) -> Topology:
-    """250 clients per process, at most 16 processes; default heartbeats (5 s, 30 s)."""
+def topology_for(clients: int, max_clients: int, seconds_left: float = math.inf) -> Topology:
+    """250 clients per process, at most 16 processes; default heartbeats (5 s, 30 s). Clients
+    get 0.1 s each to connect (at least 2 min), but never more than the search has left."""
     processes = min(MAX_PROCESSES, max(1, math.ceil(clients / CLIENTS_PER_PROCESS)))
     return Topology(
         processes=processes,
         heartbeat_interval=5.0,
         heartbeat_timeout=30.0,
-        connect_timeout=max(120.0, clients * 0.1),
+        connect_timeout=min(max(120.0, clients * 0.1), max(60.0, seconds_left)),
         round_timeout=max(300.0, clients * 0.1),
         max_clients=max(max_clients, clients),
     )
@@ -46,12 +47,12 @@ def topology_for(clients: int, max_clients: int) -> Topology:
 def run_scale(plan: ScalePlan, log_dir: Path) -> tuple[list[RunResult], dict[str, Any]]:
     """Every attempt's result, and a summary of the target run and the largest success."""
     deadline = time.monotonic() + plan.budget_seconds
-    attempts = [_attempt(plan, plan.clients, log_dir)]
+    attempts = [_attempt(plan, plan.clients, log_dir, deadline)]
     largest_ok = plan.clients if attempts[0].ok else 0
     first_failure = 0 if attempts[0].ok else plan.clients
     count = plan.clients * 2
     while not first_failure and count <= plan.max_clients and _time_left(deadline, attempts):
-        attempt = _attempt(plan, count, log_dir)
+        attempt = _attempt(plan, count, log_dir, deadline)
         attempts.append(attempt)
         if attempt.ok:
             largest_ok, count = count, count * 2
@@ -59,15 +60,15 @@ def run_scale(plan: ScalePlan, log_dir: Path) -> tuple[list[RunResult], dict[str
             first_failure = count
     middle = (largest_ok + first_failure) // 2
     if largest_ok and middle > largest_ok and _time_left(deadline, attempts):
-        attempt = _attempt(plan, middle, log_dir)
+        attempt = _attempt(plan, middle, log_dir, deadline)
         attempts.append(attempt)
         largest_ok = middle if attempt.ok else largest_ok
     return attempts, _summary(plan, attempts, largest_ok, first_failure)
 
 
-def _attempt(plan: ScalePlan, clients: int, log_dir: Path) -> RunResult:
+def _attempt(plan: ScalePlan, clients: int, log_dir: Path, deadline: float) -> RunResult:
     workload = Workload(f"scale-{clients}", clients, plan.params, plan.rounds)
-    topology = topology_for(clients, plan.max_clients)
+    topology = topology_for(clients, plan.max_clients, deadline - time.monotonic())
     started = time.monotonic()
     result = run_fedgrpc(workload, log_dir / workload.name, topology)
     result.extra["attempt_seconds"] = time.monotonic() - started

@@ -1,6 +1,6 @@
 """The benchmark harness at tiny sizes, so it cannot rot: every suite on fedgrpc, and the
-compared workloads on Flower when an interpreter with ``flwr`` is available (this one, or
-``$BENCH_FLOWER_PYTHON``; Flower needs protobuf<7, so it usually lives in its own venv)."""
+compared workloads on Flower in its own environment (``$BENCH_FLOWER_PYTHON``, or the venv
+``python -m bench`` makes once under the user cache; Flower needs protobuf<7)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.flower_env import FLOWER_REQUIREMENT, ensure_flower_env
 from bench.flower_run import find_flower_python
 from bench.workload import Workload, initial_model, is_correct, max_error, train_step
 
@@ -49,9 +50,11 @@ def test_every_suite_runs_on_fedgrpc_at_tiny_size(tmp_path: Path) -> None:
     assert (tmp_path / "results.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(find_flower_python() is None, reason="no interpreter with flwr installed")
 def test_flower_runs_the_compared_workloads_at_tiny_size(tmp_path: Path) -> None:
-    args = ["--quick", "--out", str(tmp_path)]
+    python = find_flower_python() or ensure_flower_env()
+    if python is None:  # no network to install it from: nothing of ours to test
+        pytest.skip(f"could not install {FLOWER_REQUIREMENT}")
+    args = ["--quick", "--out", str(tmp_path), "--flower-python", python]
     suite = main([*args, *(f"--suite={name}" for name in COMPARED)])
 
     flower = [r for r in suite.runs if r.framework == "flower"]
@@ -60,3 +63,12 @@ def test_flower_runs_the_compared_workloads_at_tiny_size(tmp_path: Path) -> None
         assert run.ok, f"{run.workload}: {run.failure}"
         assert len(run.round_seconds) == run.rounds
         assert run.peak_rss["server"] > 0
+
+
+def test_a_flower_env_that_cannot_be_made_is_skipped_with_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the venv should go")
+    said: list[str] = []
+    assert ensure_flower_env(blocked, say=said.append) is None
+    assert len(said) == 2
+    assert "could not set up Flower" in said[1]
