@@ -18,6 +18,7 @@ from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
+from fedgrpc.model import chunking
 from fedgrpc.model.chunking import BufferAssembler, iter_chunks, sha256_hex
 from fedgrpc.model.serialization import (
     dump_model,
@@ -214,3 +215,20 @@ def test_cache_reuses_a_remembered_upload_once() -> None:
     cache.remember_upload(b"partial", "a" * 64)
     assert cache.by_sha256("a" * 64) == b"partial"
     assert cache.by_sha256("a" * 64) is None
+
+
+@pytest.mark.parametrize("advice", [None, 9999])  # 9999: a kernel without that madvise
+def test_receive_buffers_are_zeroed_and_writeable_with_or_without_populate(
+    monkeypatch: pytest.MonkeyPatch, advice: int | None
+) -> None:
+    if advice is not None:
+        monkeypatch.setattr(chunking, "_MADV_POPULATE_WRITE", advice)
+    size = 3 * 1024 * 1024 + 5
+    buffer = chunking._zeroed(size)
+    view = memoryview(buffer)
+    assert view.nbytes == size
+    assert not any(view[::4096])
+    assert view[-1] == 0
+    view[-1] = 7
+    assert buffer[-1] == 7
+    view.release()
