@@ -156,11 +156,15 @@ class ControllerConfig(TransferLimits, TlsSettings):
     message_ttl_seconds: float = 3600.0
     message_retry_seconds: float = 2.0
     analysis_node_grace_seconds: float = 30.0
+    # Global models and combiners' partial means up to this size travel inline on the
+    # combiner link (the smaller of this and the combiner's setting applies; 0 = off).
+    inline_model_bytes: int = 1 * MiB
 
     def __post_init__(self) -> None:
         TransferLimits.__post_init__(self)
         TlsSettings.__post_init__(self)
         _check_port("port", self.port)
+        _check_inline(self, self.inline_model_bytes)
         _check_heartbeats(self.heartbeat_interval, self.heartbeat_timeout)
         _check_positive("message_ttl_seconds", self.message_ttl_seconds)
         _check_positive("message_retry_seconds", self.message_retry_seconds)

@@ -135,6 +135,7 @@ class Combiner:
             address=self.address,
             max_clients=self.config.max_clients,
             clients=self.core.connected_clients(),
+            inline_model_bytes=self.config.inline_model_bytes,
         )
 
     def _on_command(self, command: network_pb2.ControllerCommand) -> None:
@@ -157,7 +158,12 @@ class Combiner:
             self.core.route_to_client(command)  # analyses: deliver, receipt, start, stop
 
     def _trust(self, registered: network_pb2.CombinerRegistered) -> None:
-        """Take the controller's token key and revocation list (sent at every registration)."""
+        """Take the controller's token key, revocation list and inline limit (sent at every
+        registration)."""
+        assert self.core is not None
+        self.core.link_inline_bytes = min(
+            self.config.inline_model_bytes, registered.inline_model_bytes
+        )
         self.verifier.revocations.replace(registered.revoked_token_ids)
         if registered.token_public_key:
             self.verifier.set_public_key(registered.token_public_key)

@@ -64,6 +64,9 @@ class CombinerCore:
         self.max_model_size = max_model_size
         # Models up to this size travel inline on the clients' streams (0: never).
         self.inline_model_bytes = inline_model_bytes
+        # Global models and partial means up to this size travel inline on the controller
+        # link (negotiated at registration; 0 until then).
+        self.link_inline_bytes = 0
         self._report = report
         self._upload_partial = upload_partial
         self.models = ModelCache(fetch_model)
@@ -312,7 +315,12 @@ class CombinerCore:
                 # The mean usually lives in the first update's buffer: shipped as it is.
                 data = await asyncio.to_thread(dump_model_shared, mean)
                 del mean
-                result.model_id = await self._upload_partial(data, assignment, total_weight, count)
+                if 0 < len(data) <= self.link_inline_bytes:  # on the link, no Upload call
+                    result.partial, result.partial_sha256 = bytes(data), sha256_hex(data)
+                else:
+                    result.model_id = await self._upload_partial(
+                        data, assignment, total_weight, count
+                    )
             result.total_weight, result.num_updates = total_weight, count
             result.clients.extend(round_.reports())
         except FedgrpcError as exc:
@@ -324,6 +332,8 @@ class CombinerCore:
         self._report(network_pb2.CombinerReport(round_result=result))
 
     async def _open_round(self, assignment: network_pb2.RoundAssignment) -> TrainingRound:
+        if assignment.model:
+            self.models.put(_inline_model(assignment, self.link_inline_bytes))
         cached = await self.models.get(assignment.model_id)
         reference = self._reference_specs(cached)
         aggregator = get_aggregator(
@@ -410,3 +420,19 @@ class CombinerCore:
 
 def _connected(client: ClientConnection) -> network_pb2.ConnectedClient:
     return network_pb2.ConnectedClient(name=client.name, ip=client.ip, public_key=client.public_key)
+
+
+def _inline_model(assignment: network_pb2.RoundAssignment, limit: int) -> CachedModel:
+    """The global model the controller sent on the link, checked like a download."""
+    size = len(assignment.model)
+    if size > limit:
+        raise PayloadTooLarge(
+            f"the controller sent a {size}-byte model inline; this link's limit is {limit}"
+        )
+    actual = sha256_hex(assignment.model)
+    if actual != assignment.model_sha256.lower():
+        raise ChecksumMismatch(
+            f"inline model {assignment.model_id}: sha256 is {actual}, "
+            f"the assignment says {assignment.model_sha256 or '(none)'}"
+        )
+    return CachedModel(model_id=assignment.model_id, data=assignment.model, sha256=actual)

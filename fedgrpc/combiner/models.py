@@ -35,7 +35,7 @@ class ModelCache:
     def __init__(self, fetch: Fetch, *, keep: int = 1) -> None:
         self._fetch = fetch
         self._keep = keep
-        self._models: OrderedDict[str, asyncio.Task[CachedModel]] = OrderedDict()
+        self._models: OrderedDict[str, asyncio.Future[CachedModel]] = OrderedDict()
         self._uploaded: tuple[str, bytes | memoryview] | None = None
         self._expected: dict[str, int] = {}  # model id -> downloads still to come
 
@@ -45,11 +45,22 @@ class ModelCache:
             task = asyncio.ensure_future(self._fetch(model_id))
             self._models[model_id] = task
         self._models.move_to_end(model_id)
+        self._evict()
+        return await asyncio.shield(task)
+
+    def put(self, model: CachedModel) -> None:
+        """Cache a model that arrived by other means (inline on the controller link)."""
+        future: asyncio.Future[CachedModel] = asyncio.get_running_loop().create_future()
+        future.set_result(model)
+        self._models[model.model_id] = future
+        self._models.move_to_end(model.model_id)
+        self._evict()
+
+    def _evict(self) -> None:
         while len(self._models) > self._keep:
             _, evicted = self._models.popitem(last=False)
             if not evicted.done():
                 evicted.cancel()
-        return await asyncio.shield(task)
 
     def expect_downloads(self, model_id: str, count: int) -> None:
         """``count`` more clients were sent a train task on ``model_id`` (see

@@ -85,6 +85,7 @@ class Controller:
         )
         await asyncio.to_thread(_mark_everything_offline, self.store)
         self.network = network
+        self.model_service = ControllerModelServicer(network)
         interceptors: list[AuthInterceptor] = []
         if config.auth:
             authority = await TokenAuthority.open(config.data_dir, self.store, network.registry)
@@ -115,7 +116,7 @@ class Controller:
                 name=service_name(network_pb2, "NetworkService"),
             ),
             Service(
-                servicer=ControllerModelServicer(network),
+                servicer=self.model_service,
                 add_to_server=add_model_service,
                 name=service_name(model_pb2, "ModelService"),
             ),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import grpc
 
+from fedgrpc.controller.link_models import store_partial
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.scope import caller_scope, in_scope
 from fedgrpc.errors import FailedPrecondition
@@ -31,12 +33,15 @@ _READ_AHEAD_BYTES = 4 * 1024 * 1024
 class ControllerModelServicer:
     def __init__(self, network: Network) -> None:
         self._network = network
+        # Calls served, by method name (small models travel inline on the links instead).
+        self.calls: Counter[str] = Counter()
 
     async def Upload(
         self,
         request_iterator: AsyncIterator[Chunk],
         context: grpc.aio.ServicerContext,
     ) -> model_pb2.UploadResponse:
+        self.calls["Upload"] += 1
         received = await receive_model(
             request_iterator,
             max_size=self._network.config.max_model_size,
@@ -44,16 +49,9 @@ class ControllerModelServicer:
             mutable=True,  # one preallocated buffer: the payload is held once, never joined
         )
         if received.header.round_id:
-            model_id = f"partial-{uuid.uuid4().hex}"
-            # A partial lives for one round and a crash restarts the round, so it skips fsync.
-            stored = await asyncio.to_thread(
-                self._network.models.put_bytes,
-                model_id,
-                received.data,
-                durable=False,
-                verified_sha256=_verified_sha256(received),
+            model_id, stored = await asyncio.to_thread(
+                store_partial, self._network, received.data, _verified_sha256(received)
             )
-            self._network.partial_digests[model_id] = stored.sha256
         else:
             model_id, stored = await self._store_seed(received)
         return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)
@@ -91,6 +89,7 @@ class ControllerModelServicer:
     async def Download(
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[model_pb2.ModelChunk | bytes]:
+        self.calls["Download"] += 1
         chunk_size = min(
             request.chunk_size or self._network.config.chunk_size, self._network.config.chunk_size
         )

@@ -37,11 +37,13 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         link = await network.register(registration)
         link.token_id = caller_token_id()
         config = network.config
+        link.inline_model_bytes = min(registration.inline_model_bytes, config.inline_model_bytes)
         authority = network.authority
         registered = network_pb2.CombinerRegistered(
             combiner_id=link.record_id,
             heartbeat_interval=config.heartbeat_interval,
             heartbeat_timeout=config.heartbeat_timeout,
+            inline_model_bytes=config.inline_model_bytes,
             **(authority.registration_fields() if authority is not None else {}),
         )
         try:

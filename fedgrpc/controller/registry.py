@@ -27,6 +27,8 @@ class CombinerLinkState(StreamPeer[network_pb2.ControllerCommand]):
     record_id: str = ""
     address: str = ""
     max_clients: int = 0
+    # Models up to this size travel inline on this link (negotiated at registration).
+    inline_model_bytes: int = 0
     clients: set[str] = field(default_factory=set)
     pending: dict[str, float] = field(default_factory=dict)
 

@@ -16,9 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedgrpc.controller.link_models import InlineModel, store_inline_partials
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round, split_requested
 from fedgrpc.errors import FedgrpcError
+from fedgrpc.modelstore import StoredModel
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.statestore import Record
 from fedgrpc.transfer import dict_to_struct, struct_to_dict
@@ -53,6 +55,7 @@ class SessionRunner:
         self.config: dict[str, Any] = session["config"]
         self.stop_requested = asyncio.Event()
         self._round: RoundRecord | None = None
+        self._inline_model = InlineModel(network)
 
     @property
     def id(self) -> str:
@@ -150,20 +153,24 @@ class SessionRunner:
         )
         if not shares:
             raise RoundFailedError("no clients are connected to any combiner")
+        inline = await self._inline_model.get(self.session["model_id"])
         collector = self.network.registry.expect("round", round_.id, set(shares))
         try:
             for name, share in shares.items():
-                if not self._assign(round_, name, share):
+                if not self._assign(round_, name, share, inline):
                     collector.combiner_lost(name)
             await self._wait_or_stop(collector.wait(timeout + REPORT_GRACE_SECONDS))
             results: dict[str, network_pb2.RoundResult] = dict(collector.results)  # type: ignore[arg-type]
             lost = set(shares) - set(results)
         finally:
             self.network.registry.forget("round", round_.id)
+        await store_inline_partials(self.network, results)
         partials = self._collect(round_, results, lost)
         return await self._reduce(round_, partials)
 
-    def _assign(self, round_: RoundRecord, combiner: str, share: int) -> bool:
+    def _assign(
+        self, round_: RoundRecord, combiner: str, share: int, inline: tuple[bytes, str] | None
+    ) -> bool:
         c = self.config
         assignment = network_pb2.RoundAssignment(
             round_id=round_.id,
@@ -181,6 +188,8 @@ class SessionRunner:
         link = self.network.registry.links.get(combiner)
         if link is None:
             return False
+        if inline is not None and len(inline[0]) <= link.inline_model_bytes:
+            assignment.model, assignment.model_sha256 = inline  # no download round trip
         link.send(network_pb2.ControllerCommand(round=assignment))
         return True
 
@@ -253,24 +262,10 @@ class SessionRunner:
     async def _commit(self, round_: RoundRecord, outcome: ReduceOutcome) -> str:
         """Store the new model, then its record, then move the session to it (crash-safe order)."""
         model_id = uuid.uuid4().hex
-        stored = await asyncio.to_thread(
-            self.network.models.put_bytes,
-            model_id,
-            outcome.model_bytes,
-            verified_sha256=outcome.model_sha256,
-        )
-        await asyncio.to_thread(
-            self.store.models.create,
-            id=model_id,
-            parent_model=self.session["model_id"],
-            session_id=self.id,
-            name=f"{self.session.get('name') or self.id} round {round_.number}",
-            round_number=round_.number,
-            size=stored.size,
-            sha256=stored.sha256,
-            scope=self.session.get("scope"),
-        )
-        await asyncio.to_thread(self.store.models.set_active, model_id)
+        # One worker-thread hop for the three writes: each hop is a thread wake-up on the
+        # critical path of every round.
+        stored = await asyncio.to_thread(self._store_model, model_id, round_, outcome)
+        self._inline_model.remember(model_id, outcome.model_bytes, stored.sha256)
         fields: dict[str, Any] = {
             "model_id": model_id,
             "rounds_completed": int(self.session["rounds_completed"]) + 1,
@@ -292,6 +287,26 @@ class SessionRunner:
             total_weight=outcome.total_weight,
         )
         return model_id
+
+    def _store_model(
+        self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
+    ) -> StoredModel:
+        """The model's bytes, then its record, then the active pointer (blocking)."""
+        stored = self.network.models.put_bytes(
+            model_id, outcome.model_bytes, verified_sha256=outcome.model_sha256
+        )
+        self.store.models.create(
+            id=model_id,
+            parent_model=self.session["model_id"],
+            session_id=self.id,
+            name=f"{self.session.get('name') or self.id} round {round_.number}",
+            round_number=round_.number,
+            size=stored.size,
+            sha256=stored.sha256,
+            scope=self.session.get("scope"),
+        )
+        self.store.models.set_active(model_id)
+        return stored
 
     async def _finish_round(self, round_: RoundRecord, status: str, **fields: Any) -> None:
         await asyncio.to_thread(

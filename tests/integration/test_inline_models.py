@@ -6,6 +6,7 @@ ModelService calls are counted by the combiner's own servicer (``Combiner.model_
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -27,6 +28,10 @@ pytestmark = pytest.mark.timeout(120)
 def _calls(combiner: Combiner) -> dict[str, int]:
     assert combiner.model_service is not None
     return dict(combiner.model_service.calls)
+
+
+def _controller_calls(net: LocalNetwork) -> Counter[str]:
+    return Counter(net.controller.model_service.calls)
 
 
 async def _statuses(net: LocalNetwork, event_type: str) -> list[str]:
@@ -95,9 +100,13 @@ async def test_small_models_use_no_model_service_call(local_network: LocalNetwor
     for i, delta in enumerate([1.0, 2.0, 3.0]):
         await net.add_client(f"c{i}", shift_train(delta), constant_validate)
     await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    before = _controller_calls(net)
     session_id = await net.start_session(rounds=3, round_timeout=20, validate=True)
     session = await net.wait_session(session_id)
     assert session.status == "finished", session.reason
+    # The global models and partial means rode on the combiner link (validation passes still
+    # download their model from the controller, once per round).
+    assert _controller_calls(net) - before == Counter({"Download": 3})
     np.testing.assert_allclose((await net.download(session.model_id))["0"], [6.0] * 1000)
     rounds = await net.rounds(session_id)
     assert all(c.status == "ok" for r in rounds for c in r.combiners[0].clients)
@@ -118,9 +127,12 @@ async def test_models_over_the_inline_limit_use_model_service(
     await net.add_client("s0", shift_train(1.0))
     await net.add_client("s1", shift_train(3.0))
     await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    before = _controller_calls(net)
     session_id = await net.start_session(rounds=2, round_timeout=20, validate=False)
     session = await net.wait_session(session_id)
     assert session.status == "finished", session.reason
+    # The link's limit is the smaller one (1 KiB): model and partial use ModelService.
+    assert _controller_calls(net) - before == Counter({"Download": 2, "Upload": 2})
     np.testing.assert_allclose((await net.download(session.model_id))["0"], [4.0] * 1000)
     assert _calls(small) == {"Download": 4, "Upload": 4}
 

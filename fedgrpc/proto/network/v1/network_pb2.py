@@ -26,7 +26,7 @@ from fedgrpc.proto.messaging.v1 import messaging_pb2 as fedgrpc_dot_messaging_do
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedgrpc/network/v1/network.proto\x12\x12\x66\x65\x64grpc.network.v1\x1a$fedgrpc/messaging/v1/messaging.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xcc\x04\n\x0e\x43ombinerReport\x12\x38\n\x08register\x18\x01 \x01(\x0b\x32$.fedgrpc.network.v1.RegisterCombinerH\x00\x12:\n\theartbeat\x18\x02 \x01(\x0b\x32%.fedgrpc.network.v1.CombinerHeartbeatH\x00\x12\x37\n\x0c\x63lient_event\x18\x03 \x01(\x0b\x32\x1f.fedgrpc.network.v1.ClientEventH\x00\x12\x37\n\x0cround_result\x18\x04 \x01(\x0b\x32\x1f.fedgrpc.network.v1.RoundResultH\x00\x12\x31\n\x06status\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.network.v1.StatusEventH\x00\x12:\n\nvalidation\x18\x06 \x01(\x0b\x32$.fedgrpc.network.v1.ValidationReportH\x00\x12=\n\x0fvalidation_done\x18\x07 \x01(\x0b\x32\".fedgrpc.network.v1.ValidationDoneH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12(\n\x03\x61\x63k\x18\x0b \x01(\x0b\x32\x19.fedgrpc.messaging.v1.AckH\x00\x12?\n\x0f\x61nalysis_update\x18\x0c \x01(\x0b\x32$.fedgrpc.messaging.v1.AnalysisUpdateH\x00\x42\x06\n\x04kind\"|\n\x10RegisterCombiner\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmax_clients\x18\x03 \x01(\r\x12\x34\n\x07\x63lients\x18\x04 \x03(\x0b\x32#.fedgrpc.network.v1.ConnectedClient\"?\n\x0f\x43onnectedClient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\".\n\x11\x43ombinerHeartbeat\x12\x19\n\x11\x63onnected_clients\x18\x01 \x01(\r\"\xbf\x01\n\x0b\x43lientEvent\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.fedgrpc.network.v1.ClientEvent.Kind\x12\x33\n\x06\x63lient\x18\x02 \x01(\x0b\x32#.fedgrpc.network.v1.ConnectedClient\"G\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_CONNECTED\x10\x01\x12\x15\n\x11KIND_DISCONNECTED\x10\x02\"\xd3\x01\n\x11\x43lientRoundReport\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x04 \x01(\x01\x12\x14\n\x0cupload_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12round_trip_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb7\x01\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x14\n\x0ctotal_weight\x18\x04 \x01(\x01\x12\x13\n\x0bnum_updates\x18\x05 \x01(\r\x12\x36\n\x07\x63lients\x18\x06 \x03(\x0b\x32%.fedgrpc.network.v1.ClientRoundReport\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xd4\x01\n\x0bStatusEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x13\n\x0bsender_name\x18\x02 \x01(\t\x12\x13\n\x0bsender_role\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x10\n\x08round_id\x18\x05 \x01(\t\x12\x11\n\tlog_level\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\"\xa1\x01\n\x10ValidationReport\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x04 \x01(\t\x12(\n\x07metrics\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"G\n\x0eValidationDone\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\trequested\x18\x02 \x01(\r\x12\x10\n\x08received\x18\x03 \x01(\r\"\xdb\x04\n\x11\x43ontrollerCommand\x12<\n\nregistered\x18\x01 \x01(\x0b\x32&.fedgrpc.network.v1.CombinerRegisteredH\x00\x12<\n\theartbeat\x18\x02 \x01(\x0b\x32\'.fedgrpc.network.v1.ControllerHeartbeatH\x00\x12\x34\n\x05round\x18\x03 \x01(\x0b\x32#.fedgrpc.network.v1.RoundAssignmentH\x00\x12>\n\nvalidation\x18\x04 \x01(\x0b\x32(.fedgrpc.network.v1.ValidationAssignmentH\x00\x12\x37\n\x0c\x63\x61ncel_round\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.network.v1.CancelRoundH\x00\x12\x31\n\x07\x64\x65liver\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12\x30\n\x07receipt\x18\x0b \x01(\x0b\x32\x1d.fedgrpc.messaging.v1.ReceiptH\x00\x12<\n\x0estart_analysis\x18\x0c \x01(\x0b\x32\".fedgrpc.messaging.v1.AnalysisTaskH\x00\x12;\n\rstop_analysis\x18\r \x01(\x0b\x32\".fedgrpc.messaging.v1.StopAnalysisH\x00\x12\x33\n\x07revoked\x18\x14 \x01(\x0b\x32 .fedgrpc.network.v1.TokenRevokedH\x00\x42\x06\n\x04kind\"\x95\x01\n\x12\x43ombinerRegistered\x12\x13\n\x0b\x63ombiner_id\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x03 \x01(\x01\x12\x18\n\x10token_public_key\x18\x04 \x01(\x0c\x12\x19\n\x11revoked_token_ids\x18\x05 \x03(\t\" \n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x15\n\x13\x43ontrollerHeartbeat\"\xbd\x02\n\x0fRoundAssignment\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0cround_number\x18\x03 \x01(\r\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\naggregator\x18\x05 \x01(\t\x12\x32\n\x11\x61ggregator_kwargs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0f\x63lient_settings\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rround_timeout\x18\x08 \x01(\x01\x12\x19\n\x11round_buffer_size\x18\t \x01(\x05\x12\x19\n\x11requested_clients\x18\n \x01(\r\x12\x15\n\rsampling_seed\x18\x0b \x01(\x04\"_\n\x14ValidationAssignment\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"/\n\x0b\x43\x61ncelRound\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x15\x41ssignCombinerRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x1a\n\x12preferred_combiner\x18\x02 \x01(\t\"@\n\x16\x41ssignCombinerResponse\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t2\xd8\x01\n\x0eNetworkService\x12]\n\x0c\x43ombinerLink\x12\".fedgrpc.network.v1.CombinerReport\x1a%.fedgrpc.network.v1.ControllerCommand(\x01\x30\x01\x12g\n\x0e\x41ssignCombiner\x12).fedgrpc.network.v1.AssignCombinerRequest\x1a*.fedgrpc.network.v1.AssignCombinerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedgrpc/network/v1/network.proto\x12\x12\x66\x65\x64grpc.network.v1\x1a$fedgrpc/messaging/v1/messaging.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xcc\x04\n\x0e\x43ombinerReport\x12\x38\n\x08register\x18\x01 \x01(\x0b\x32$.fedgrpc.network.v1.RegisterCombinerH\x00\x12:\n\theartbeat\x18\x02 \x01(\x0b\x32%.fedgrpc.network.v1.CombinerHeartbeatH\x00\x12\x37\n\x0c\x63lient_event\x18\x03 \x01(\x0b\x32\x1f.fedgrpc.network.v1.ClientEventH\x00\x12\x37\n\x0cround_result\x18\x04 \x01(\x0b\x32\x1f.fedgrpc.network.v1.RoundResultH\x00\x12\x31\n\x06status\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.network.v1.StatusEventH\x00\x12:\n\nvalidation\x18\x06 \x01(\x0b\x32$.fedgrpc.network.v1.ValidationReportH\x00\x12=\n\x0fvalidation_done\x18\x07 \x01(\x0b\x32\".fedgrpc.network.v1.ValidationDoneH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12(\n\x03\x61\x63k\x18\x0b \x01(\x0b\x32\x19.fedgrpc.messaging.v1.AckH\x00\x12?\n\x0f\x61nalysis_update\x18\x0c \x01(\x0b\x32$.fedgrpc.messaging.v1.AnalysisUpdateH\x00\x42\x06\n\x04kind\"\x98\x01\n\x10RegisterCombiner\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmax_clients\x18\x03 \x01(\r\x12\x34\n\x07\x63lients\x18\x04 \x03(\x0b\x32#.fedgrpc.network.v1.ConnectedClient\x12\x1a\n\x12inline_model_bytes\x18\x05 \x01(\x04\"?\n\x0f\x43onnectedClient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\".\n\x11\x43ombinerHeartbeat\x12\x19\n\x11\x63onnected_clients\x18\x01 \x01(\r\"\xbf\x01\n\x0b\x43lientEvent\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.fedgrpc.network.v1.ClientEvent.Kind\x12\x33\n\x06\x63lient\x18\x02 \x01(\x0b\x32#.fedgrpc.network.v1.ConnectedClient\"G\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_CONNECTED\x10\x01\x12\x15\n\x11KIND_DISCONNECTED\x10\x02\"\xd3\x01\n\x11\x43lientRoundReport\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x04 \x01(\x01\x12\x14\n\x0cupload_bytes\x18\x05 \x01(\x04\x12\x1a\n\x12round_trip_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07message\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe0\x01\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x14\n\x0ctotal_weight\x18\x04 \x01(\x01\x12\x13\n\x0bnum_updates\x18\x05 \x01(\r\x12\x36\n\x07\x63lients\x18\x06 \x03(\x0b\x32%.fedgrpc.network.v1.ClientRoundReport\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0f\n\x07partial\x18\x08 \x01(\x0c\x12\x16\n\x0epartial_sha256\x18\t \x01(\t\"\xd4\x01\n\x0bStatusEvent\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x13\n\x0bsender_name\x18\x02 \x01(\t\x12\x13\n\x0bsender_role\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x10\n\x08round_id\x18\x05 \x01(\t\x12\x11\n\tlog_level\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12%\n\x04\x64\x61ta\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\"\xa1\x01\n\x10ValidationReport\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x04 \x01(\t\x12(\n\x07metrics\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"G\n\x0eValidationDone\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\trequested\x18\x02 \x01(\r\x12\x10\n\x08received\x18\x03 \x01(\r\"\xdb\x04\n\x11\x43ontrollerCommand\x12<\n\nregistered\x18\x01 \x01(\x0b\x32&.fedgrpc.network.v1.CombinerRegisteredH\x00\x12<\n\theartbeat\x18\x02 \x01(\x0b\x32\'.fedgrpc.network.v1.ControllerHeartbeatH\x00\x12\x34\n\x05round\x18\x03 \x01(\x0b\x32#.fedgrpc.network.v1.RoundAssignmentH\x00\x12>\n\nvalidation\x18\x04 \x01(\x0b\x32(.fedgrpc.network.v1.ValidationAssignmentH\x00\x12\x37\n\x0c\x63\x61ncel_round\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.network.v1.CancelRoundH\x00\x12\x31\n\x07\x64\x65liver\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12\x30\n\x07receipt\x18\x0b \x01(\x0b\x32\x1d.fedgrpc.messaging.v1.ReceiptH\x00\x12<\n\x0estart_analysis\x18\x0c \x01(\x0b\x32\".fedgrpc.messaging.v1.AnalysisTaskH\x00\x12;\n\rstop_analysis\x18\r \x01(\x0b\x32\".fedgrpc.messaging.v1.StopAnalysisH\x00\x12\x33\n\x07revoked\x18\x14 \x01(\x0b\x32 .fedgrpc.network.v1.TokenRevokedH\x00\x42\x06\n\x04kind\"\xb1\x01\n\x12\x43ombinerRegistered\x12\x13\n\x0b\x63ombiner_id\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x03 \x01(\x01\x12\x18\n\x10token_public_key\x18\x04 \x01(\x0c\x12\x19\n\x11revoked_token_ids\x18\x05 \x03(\t\x12\x1a\n\x12inline_model_bytes\x18\x06 \x01(\x04\" \n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x15\n\x13\x43ontrollerHeartbeat\"\xe2\x02\n\x0fRoundAssignment\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x14\n\x0cround_number\x18\x03 \x01(\r\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\naggregator\x18\x05 \x01(\t\x12\x32\n\x11\x61ggregator_kwargs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0f\x63lient_settings\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rround_timeout\x18\x08 \x01(\x01\x12\x19\n\x11round_buffer_size\x18\t \x01(\x05\x12\x19\n\x11requested_clients\x18\n \x01(\r\x12\x15\n\rsampling_seed\x18\x0b \x01(\x04\x12\r\n\x05model\x18\x0c \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\r \x01(\t\"_\n\x14ValidationAssignment\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"/\n\x0b\x43\x61ncelRound\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x15\x41ssignCombinerRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x1a\n\x12preferred_combiner\x18\x02 \x01(\t\"@\n\x16\x41ssignCombinerResponse\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t2\xd8\x01\n\x0eNetworkService\x12]\n\x0c\x43ombinerLink\x12\".fedgrpc.network.v1.CombinerReport\x1a%.fedgrpc.network.v1.ControllerCommand(\x01\x30\x01\x12g\n\x0e\x41ssignCombiner\x12).fedgrpc.network.v1.AssignCombinerRequest\x1a*.fedgrpc.network.v1.AssignCombinerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMBINERREPORT']._serialized_start=125
   _globals['_COMBINERREPORT']._serialized_end=713
-  _globals['_REGISTERCOMBINER']._serialized_start=715
-  _globals['_REGISTERCOMBINER']._serialized_end=839
-  _globals['_CONNECTEDCLIENT']._serialized_start=841
-  _globals['_CONNECTEDCLIENT']._serialized_end=904
-  _globals['_COMBINERHEARTBEAT']._serialized_start=906
-  _globals['_COMBINERHEARTBEAT']._serialized_end=952
-  _globals['_CLIENTEVENT']._serialized_start=955
-  _globals['_CLIENTEVENT']._serialized_end=1146
-  _globals['_CLIENTEVENT_KIND']._serialized_start=1075
-  _globals['_CLIENTEVENT_KIND']._serialized_end=1146
-  _globals['_CLIENTROUNDREPORT']._serialized_start=1149
-  _globals['_CLIENTROUNDREPORT']._serialized_end=1360
-  _globals['_ROUNDRESULT']._serialized_start=1363
-  _globals['_ROUNDRESULT']._serialized_end=1546
-  _globals['_STATUSEVENT']._serialized_start=1549
-  _globals['_STATUSEVENT']._serialized_end=1761
-  _globals['_VALIDATIONREPORT']._serialized_start=1764
-  _globals['_VALIDATIONREPORT']._serialized_end=1925
-  _globals['_VALIDATIONDONE']._serialized_start=1927
-  _globals['_VALIDATIONDONE']._serialized_end=1998
-  _globals['_CONTROLLERCOMMAND']._serialized_start=2001
-  _globals['_CONTROLLERCOMMAND']._serialized_end=2604
-  _globals['_COMBINERREGISTERED']._serialized_start=2607
-  _globals['_COMBINERREGISTERED']._serialized_end=2756
-  _globals['_TOKENREVOKED']._serialized_start=2758
-  _globals['_TOKENREVOKED']._serialized_end=2790
-  _globals['_CONTROLLERHEARTBEAT']._serialized_start=2792
-  _globals['_CONTROLLERHEARTBEAT']._serialized_end=2813
-  _globals['_ROUNDASSIGNMENT']._serialized_start=2816
-  _globals['_ROUNDASSIGNMENT']._serialized_end=3133
-  _globals['_VALIDATIONASSIGNMENT']._serialized_start=3135
-  _globals['_VALIDATIONASSIGNMENT']._serialized_end=3230
-  _globals['_CANCELROUND']._serialized_start=3232
-  _globals['_CANCELROUND']._serialized_end=3279
-  _globals['_ASSIGNCOMBINERREQUEST']._serialized_start=3281
-  _globals['_ASSIGNCOMBINERREQUEST']._serialized_end=3353
-  _globals['_ASSIGNCOMBINERRESPONSE']._serialized_start=3355
-  _globals['_ASSIGNCOMBINERRESPONSE']._serialized_end=3419
-  _globals['_NETWORKSERVICE']._serialized_start=3422
-  _globals['_NETWORKSERVICE']._serialized_end=3638
+  _globals['_REGISTERCOMBINER']._serialized_start=716
+  _globals['_REGISTERCOMBINER']._serialized_end=868
+  _globals['_CONNECTEDCLIENT']._serialized_start=870
+  _globals['_CONNECTEDCLIENT']._serialized_end=933
+  _globals['_COMBINERHEARTBEAT']._serialized_start=935
+  _globals['_COMBINERHEARTBEAT']._serialized_end=981
+  _globals['_CLIENTEVENT']._serialized_start=984
+  _globals['_CLIENTEVENT']._serialized_end=1175
+  _globals['_CLIENTEVENT_KIND']._serialized_start=1104
+  _globals['_CLIENTEVENT_KIND']._serialized_end=1175
+  _globals['_CLIENTROUNDREPORT']._serialized_start=1178
+  _globals['_CLIENTROUNDREPORT']._serialized_end=1389
+  _globals['_ROUNDRESULT']._serialized_start=1392
+  _globals['_ROUNDRESULT']._serialized_end=1616
+  _globals['_STATUSEVENT']._serialized_start=1619
+  _globals['_STATUSEVENT']._serialized_end=1831
+  _globals['_VALIDATIONREPORT']._serialized_start=1834
+  _globals['_VALIDATIONREPORT']._serialized_end=1995
+  _globals['_VALIDATIONDONE']._serialized_start=1997
+  _globals['_VALIDATIONDONE']._serialized_end=2068
+  _globals['_CONTROLLERCOMMAND']._serialized_start=2071
+  _globals['_CONTROLLERCOMMAND']._serialized_end=2674
+  _globals['_COMBINERREGISTERED']._serialized_start=2677
+  _globals['_COMBINERREGISTERED']._serialized_end=2854
+  _globals['_TOKENREVOKED']._serialized_start=2856
+  _globals['_TOKENREVOKED']._serialized_end=2888
+  _globals['_CONTROLLERHEARTBEAT']._serialized_start=2890
+  _globals['_CONTROLLERHEARTBEAT']._serialized_end=2911
+  _globals['_ROUNDASSIGNMENT']._serialized_start=2914
+  _globals['_ROUNDASSIGNMENT']._serialized_end=3268
+  _globals['_VALIDATIONASSIGNMENT']._serialized_start=3270
+  _globals['_VALIDATIONASSIGNMENT']._serialized_end=3365
+  _globals['_CANCELROUND']._serialized_start=3367
+  _globals['_CANCELROUND']._serialized_end=3414
+  _globals['_ASSIGNCOMBINERREQUEST']._serialized_start=3416
+  _globals['_ASSIGNCOMBINERREQUEST']._serialized_end=3488
+  _globals['_ASSIGNCOMBINERRESPONSE']._serialized_start=3490
+  _globals['_ASSIGNCOMBINERRESPONSE']._serialized_end=3554
+  _globals['_NETWORKSERVICE']._serialized_start=3557
+  _globals['_NETWORKSERVICE']._serialized_end=3773
 # @@protoc_insertion_point(module_scope)

@@ -103,12 +103,17 @@ class RegisterCombiner(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     MAX_CLIENTS_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
+    INLINE_MODEL_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique combiner name."""
     address: _builtins.str
     """HOST:PORT clients dial to reach this combiner."""
     max_clients: _builtins.int
     """The most clients this combiner accepts."""
+    inline_model_bytes: _builtins.int
+    """The largest model this combiner takes or sends inline on the link (0: none); the
+    smaller of this and CombinerRegistered.inline_model_bytes applies both ways.
+    """
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectedClient]:
         """Clients already connected (a combiner re-registering after a controller restart)."""
@@ -120,10 +125,11 @@ class RegisterCombiner(_message.Message):
         address: _builtins.str = ...,
         max_clients: _builtins.int = ...,
         clients: _abc.Iterable[Global___ConnectedClient] | None = ...,
+        inline_model_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "clients", b"clients", "max_clients", b"max_clients", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "clients", b"clients", "inline_model_bytes", b"inline_model_bytes", "max_clients", b"max_clients", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,7 +282,8 @@ Global___ClientRoundReport: _TypeAlias = ClientRoundReport  # noqa: Y015
 @_typing.final
 class RoundResult(_message.Message):
     """A combiner's part of a round: its weighted mean, uploaded to the controller's
-    ModelService beforehand under `model_id`, and the weight it carries.
+    ModelService beforehand under `model_id` or carried here in `partial` when small, and the
+    weight it carries.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -288,16 +295,24 @@ class RoundResult(_message.Message):
     NUM_UPDATES_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    PARTIAL_SHA256_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     session_id: _builtins.str
     model_id: _builtins.str
-    """Id of the uploaded partial mean; empty when no update was accepted."""
+    """Id of the uploaded partial mean; empty when no update was accepted or when the partial
+    is inline.
+    """
     total_weight: _builtins.float
     """Sum of the accepted updates' num_examples."""
     num_updates: _builtins.int
     """Number of accepted updates."""
     error: _builtins.str
     """Why the combiner could not take part, when it could not."""
+    partial: _builtins.bytes
+    """The partial mean itself (safetensors), when it is at most the link's inline limit."""
+    partial_sha256: _builtins.str
+    """SHA-256 of `partial`, as lowercase hex; the controller refuses a partial that differs."""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientRoundReport]: ...
     def __init__(
@@ -310,10 +325,12 @@ class RoundResult(_message.Message):
         num_updates: _builtins.int = ...,
         clients: _abc.Iterable[Global___ClientRoundReport] | None = ...,
         error: _builtins.str = ...,
+        partial: _builtins.bytes = ...,
+        partial_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "error", b"error", "model_id", b"model_id", "num_updates", b"num_updates", "round_id", b"round_id", "session_id", b"session_id", "total_weight", b"total_weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "error", b"error", "model_id", b"model_id", "num_updates", b"num_updates", "partial", b"partial", "partial_sha256", b"partial_sha256", "round_id", b"round_id", "session_id", b"session_id", "total_weight", b"total_weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +531,7 @@ class CombinerRegistered(_message.Message):
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     TOKEN_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     REVOKED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    INLINE_MODEL_BYTES_FIELD_NUMBER: _builtins.int
     combiner_id: _builtins.str
     """The combiner's record id in the statestore."""
     heartbeat_interval: _builtins.float
@@ -523,6 +541,10 @@ class CombinerRegistered(_message.Message):
     token_public_key: _builtins.bytes
     """The controller's token public key (PEM, Ed25519): the combiner verifies client tokens
     with it. Empty when the controller runs without authentication.
+    """
+    inline_model_bytes: _builtins.int
+    """The largest model the controller sends or takes inline on this link (see
+    RegisterCombiner.inline_model_bytes; the smaller applies).
     """
     @_builtins.property
     def revoked_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -536,10 +558,11 @@ class CombinerRegistered(_message.Message):
         heartbeat_timeout: _builtins.float = ...,
         token_public_key: _builtins.bytes = ...,
         revoked_token_ids: _abc.Iterable[_builtins.str] | None = ...,
+        inline_model_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["combiner_id", b"combiner_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "revoked_token_ids", b"revoked_token_ids", "token_public_key", b"token_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["combiner_id", b"combiner_id", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "inline_model_bytes", b"inline_model_bytes", "revoked_token_ids", b"revoked_token_ids", "token_public_key", b"token_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,11 +623,15 @@ class RoundAssignment(_message.Message):
     ROUND_BUFFER_SIZE_FIELD_NUMBER: _builtins.int
     REQUESTED_CLIENTS_FIELD_NUMBER: _builtins.int
     SAMPLING_SEED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_SHA256_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     session_id: _builtins.str
     round_number: _builtins.int
     model_id: _builtins.str
-    """The global model the clients train from (download it from the controller)."""
+    """The global model the clients train from (download it from the controller unless it is
+    inline in `model`).
+    """
     aggregator: _builtins.str
     """Aggregator plugin name; the combiner folds updates with its accumulator."""
     round_timeout: _builtins.float
@@ -615,6 +642,10 @@ class RoundAssignment(_message.Message):
     """How many of this combiner's clients to sample."""
     sampling_seed: _builtins.int
     """Seed for sampling, so a run can be reproduced."""
+    model: _builtins.bytes
+    """The global model itself (safetensors), when it is at most the link's inline limit."""
+    model_sha256: _builtins.str
+    """SHA-256 of `model`, as lowercase hex; the combiner refuses a model that differs."""
     @_builtins.property
     def aggregator_kwargs(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -635,10 +666,12 @@ class RoundAssignment(_message.Message):
         round_buffer_size: _builtins.int = ...,
         requested_clients: _builtins.int = ...,
         sampling_seed: _builtins.int = ...,
+        model: _builtins.bytes = ...,
+        model_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings", "model_id", b"model_id", "requested_clients", b"requested_clients", "round_buffer_size", b"round_buffer_size", "round_id", b"round_id", "round_number", b"round_number", "round_timeout", b"round_timeout", "sampling_seed", b"sampling_seed", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings", "model", b"model", "model_id", b"model_id", "model_sha256", b"model_sha256", "requested_clients", b"requested_clients", "round_buffer_size", b"round_buffer_size", "round_id", b"round_id", "round_number", b"round_number", "round_timeout", b"round_timeout", "sampling_seed", b"sampling_seed", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,106 @@
+"""Models on the combiner link: partial means stored for one round with the digest checked
+on arrival, and the small global model sent inline with each assignment.
+
+A partial arrives either through ``ModelService.Upload`` (large) or inline in the combiner's
+``RoundResult`` (up to the link's ``inline_model_bytes``). Both end up in the model store under
+a ``partial-`` id, and the controller remembers the digest it checked so the commit of a
+single-combiner round need not hash the model again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from fedgrpc.errors import ChecksumMismatch, FedgrpcError, PayloadTooLarge
+from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.modelstore import StoredModel
+from fedgrpc.proto.network.v1 import network_pb2
+
+if TYPE_CHECKING:
+    from fedgrpc.controller.network import Network
+
+log = logging.getLogger(__name__)
+
+
+def store_partial(
+    network: Network, data: bytes | memoryview, verified_sha256: str | None
+) -> tuple[str, StoredModel]:
+    """Store a partial mean (blocking); its new id and stored record."""
+    model_id = f"partial-{uuid.uuid4().hex}"
+    # A partial lives for one round and a crash restarts the round, so it skips fsync.
+    stored = network.models.put_bytes(
+        model_id, data, durable=False, verified_sha256=verified_sha256
+    )
+    network.partial_digests[model_id] = stored.sha256
+    return model_id, stored
+
+
+def store_inline_partial(network: Network, result: network_pb2.RoundResult) -> str:
+    """Check and store the partial a combiner sent inline (blocking); its new id."""
+    size, limit = len(result.partial), network.config.inline_model_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"combiner sent a {size}-byte partial inline; the limit is {limit} bytes"
+        )
+    actual = sha256_hex(result.partial)
+    if actual != result.partial_sha256.lower():
+        raise ChecksumMismatch(
+            f"inline partial's sha256 is {actual}, its result says "
+            f"{result.partial_sha256 or '(none)'}"
+        )
+    model_id, _ = store_partial(network, result.partial, actual)
+    return model_id
+
+
+async def store_inline_partials(
+    network: Network, results: Mapping[str, network_pb2.RoundResult]
+) -> None:
+    """Give every inline partial among ``results`` a stored id (``model_id``); a partial that
+    fails its checks turns its result into an error, so the round goes on without it."""
+    for name, result in results.items():
+        if not result.partial:
+            continue
+        try:
+            result.model_id = await asyncio.to_thread(store_inline_partial, network, result)
+        except FedgrpcError as exc:
+            log.warning("combiner %s: %s", name, exc)
+            result.error, result.model_id = str(exc), ""
+        result.ClearField("partial")
+
+
+class InlineModel:
+    """The session's global model bytes, kept while small enough to ride on combiner links.
+
+    After a commit the new model is remembered as it was stored; otherwise (first round, a
+    restarted controller) it is read once from the store. Larger models are remembered as
+    "not inline" so no round reads the store for them.
+    """
+
+    def __init__(self, network: Network) -> None:
+        self._network = network
+        self._model_id = ""
+        self._data: bytes | None = None
+        self._sha256 = ""
+
+    def remember(self, model_id: str, data: bytes, sha256: str) -> None:
+        small = len(data) <= self._network.config.inline_model_bytes
+        self._model_id, self._data, self._sha256 = model_id, data if small else None, sha256
+
+    async def get(self, model_id: str) -> tuple[bytes, str] | None:
+        """(bytes, sha256) of ``model_id`` when it may go inline, else None."""
+        if self._network.config.inline_model_bytes == 0:
+            return None
+        if model_id != self._model_id:
+            self._data, self._sha256 = await asyncio.to_thread(self._read, model_id)
+            self._model_id = model_id
+        return (self._data, self._sha256) if self._data is not None else None
+
+    def _read(self, model_id: str) -> tuple[bytes | None, str]:
+        record = self._network.store.models.get(model_id)
+        if int(record["size"]) > self._network.config.inline_model_bytes:
+            return None, ""
+        return self._network.models.get_bytes(model_id), str(record["sha256"])

@@ -1,0 +1,62 @@
+"""Models on the combiner link: both ends check an inline model or partial as a transfer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedgrpc.combiner.core import _inline_model
+from fedgrpc.controller.link_models import store_inline_partial, store_inline_partials
+from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge
+from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.serialization import dump_model
+from fedgrpc.proto.network.v1 import network_pb2
+from tests.integration.conftest import LocalNetwork
+
+PARTIAL = dump_model([np.arange(10, dtype=np.float32)])
+
+
+def _result(data: bytes, sha256: str) -> network_pb2.RoundResult:
+    return network_pb2.RoundResult(round_id="r", partial=data, partial_sha256=sha256)
+
+
+def test_a_checked_inline_partial_is_stored_with_its_digest(local_network: LocalNetwork) -> None:
+    network = local_network.controller.network
+    model_id = store_inline_partial(network, _result(PARTIAL, sha256_hex(PARTIAL)))
+    assert model_id.startswith("partial-")
+    assert network.models.get_bytes(model_id) == PARTIAL
+    assert network.partial_digests[model_id] == sha256_hex(PARTIAL)
+
+
+def test_an_inline_partial_that_fails_its_checks_is_refused(local_network: LocalNetwork) -> None:
+    network = local_network.controller.network
+    with pytest.raises(ChecksumMismatch, match="inline partial's sha256"):
+        store_inline_partial(network, _result(PARTIAL, sha256_hex(PARTIAL + b"x")))
+    too_big = b"x" * (network.config.inline_model_bytes + 1)
+    with pytest.raises(PayloadTooLarge, match="inline"):
+        store_inline_partial(network, _result(too_big, sha256_hex(too_big)))
+    assert network.partial_digests == {}
+
+
+async def test_a_refused_partial_turns_its_result_into_an_error(
+    local_network: LocalNetwork,
+) -> None:
+    network = local_network.controller.network
+    good, bad = _result(PARTIAL, sha256_hex(PARTIAL)), _result(PARTIAL, "0" * 64)
+    await store_inline_partials(network, {"good": good, "bad": bad})
+    assert good.model_id.startswith("partial-")
+    assert not good.error
+    assert (bad.model_id, bad.partial) == ("", b"")
+    assert "sha256" in bad.error
+
+
+def test_the_combiner_checks_an_inline_global_model() -> None:
+    assignment = network_pb2.RoundAssignment(
+        model_id="m", model=PARTIAL, model_sha256=sha256_hex(PARTIAL)
+    )
+    assert _inline_model(assignment, 1 << 20).data == PARTIAL
+    with pytest.raises(PayloadTooLarge, match="limit is 10"):
+        _inline_model(assignment, 10)
+    assignment.model_sha256 = sha256_hex(b"other")
+    with pytest.raises(ChecksumMismatch, match="inline model m"):
+        _inline_model(assignment, 1 << 20)
