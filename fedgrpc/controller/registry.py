@@ -33,14 +33,24 @@ class CombinerLinkState(StreamPeer[network_pb2.ControllerCommand]):
     pending: dict[str, float] = field(default_factory=dict)
 
     def load(self) -> float:
+        return self._taken() / max(self.max_clients, 1)
+
+    def has_room_for(self, client_name: str) -> bool:
+        """A client already connected here, or already told to come here, keeps its place:
+        a client whose AssignCombiner answer was lost (a deadline) and that asks again must not
+        be refused because of its own pending place."""
+        taken = self._taken()
+        return (
+            taken < self.max_clients or client_name in self.clients or (client_name in self.pending)
+        )
+
+    def _taken(self) -> int:
+        """Connected clients plus assignments younger than PENDING_ASSIGNMENT_SECONDS."""
         now = time.monotonic()
         self.pending = {
             name: at for name, at in self.pending.items() if now - at < PENDING_ASSIGNMENT_SECONDS
         }
-        return len(self.clients | set(self.pending)) / max(self.max_clients, 1)
-
-    def has_room(self) -> bool:
-        return len(self.clients | set(self.pending)) < self.max_clients
+        return len(self.clients | set(self.pending))
 
 
 class Collector:
@@ -108,9 +118,7 @@ class CombinerRegistry:
 
     def assign(self, client_name: str, preferred: str = "") -> CombinerLinkState:
         """The preferred combiner when online and not full, else the least loaded one."""
-        candidates = [
-            link for link in self.online() if link.has_room() or client_name in link.clients
-        ]
+        candidates = [link for link in self.online() if link.has_room_for(client_name)]
         if not candidates:
             raise Unavailable("no combiner with free capacity is online; try again shortly")
         chosen = next((link for link in candidates if link.name == preferred), None)
