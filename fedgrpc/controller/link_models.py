@@ -100,7 +100,12 @@ class InlineModel:
         return (self._data, self._sha256) if self._data is not None else None
 
     def _read(self, model_id: str) -> tuple[bytes | None, str]:
-        record = self._network.store.models.get(model_id)
-        if int(record["size"]) > self._network.config.inline_model_bytes:
+        try:
+            record = self._network.store.models.get(model_id)
+            if int(record["size"]) > self._network.config.inline_model_bytes:
+                return None, ""
+            return self._network.models.get_bytes(model_id), str(record["sha256"])
+        except FedgrpcError as exc:
+            # Not inline, then: the combiner's download fails the round with the same error.
+            log.warning("model %s cannot go inline: %s", model_id, exc)
             return None, ""
-        return self._network.models.get_bytes(model_id), str(record["sha256"])

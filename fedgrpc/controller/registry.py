@@ -39,10 +39,8 @@ class CombinerLinkState(StreamPeer[network_pb2.ControllerCommand]):
         """A client already connected here, or already told to come here, keeps its place:
         a client whose AssignCombiner answer was lost (a deadline) and that asks again must not
         be refused because of its own pending place."""
-        taken = self._taken()
-        return (
-            taken < self.max_clients or client_name in self.clients or (client_name in self.pending)
-        )
+        known = client_name in self.clients or client_name in self.pending
+        return known or self._taken() < self.max_clients
 
     def _taken(self) -> int:
         """Connected clients plus assignments younger than PENDING_ASSIGNMENT_SECONDS."""

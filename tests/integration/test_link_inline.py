@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from fedgrpc.combiner.core import _inline_model
-from fedgrpc.controller.link_models import store_inline_partial, store_inline_partials
+from fedgrpc.controller.link_models import (
+    InlineModel,
+    store_inline_partial,
+    store_inline_partials,
+)
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge
 from fedgrpc.model.chunking import sha256_hex
 from fedgrpc.model.serialization import dump_model
@@ -60,3 +64,17 @@ def test_the_combiner_checks_an_inline_global_model() -> None:
     assignment.model_sha256 = sha256_hex(b"other")
     with pytest.raises(ChecksumMismatch, match="inline model m"):
         _inline_model(assignment, 1 << 20)
+
+
+async def test_the_controller_sends_only_small_models_inline(local_network: LocalNetwork) -> None:
+    network = local_network.controller.network
+    small = await local_network.upload_seed([np.zeros(10, dtype=np.float32)])
+    large = await local_network.upload_seed([np.zeros(300_000, dtype=np.float32)])  # 1.2 MB
+    inline = InlineModel(network)
+    found = await inline.get(small)
+    assert found is not None
+    assert found[1] == sha256_hex(found[0])
+    assert await inline.get(large) is None
+    assert await inline.get("no-such-model") is None  # the download path reports it
+    inline.remember("new", PARTIAL, sha256_hex(PARTIAL))
+    assert await inline.get("new") == (PARTIAL, sha256_hex(PARTIAL))
