@@ -26,16 +26,14 @@ from fedgrpc.client.entry import TrainFn, ValidateFn
 from fedgrpc.client.host import AnalysisHost
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import (
-    ChecksumMismatch,
     FedgrpcError,
     InvalidArgument,
-    PayloadTooLarge,
     PermissionDenied,
     TlsHandshakeFailed,
     Unauthenticated,
     from_rpc_error,
 )
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import check_inline, sha256_hex
 from fedgrpc.model.serialization import dump_model, load_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
@@ -308,19 +306,9 @@ class Client:
         self, task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask
     ) -> bytearray:
         """A task's inline model, size and sha256 checked, in a buffer the arrays may view."""
-        if len(task.model) > self.config.max_model_size:
-            raise PayloadTooLarge(
-                f"inline model of {len(task.model)} bytes is over max_model_size "
-                f"({self.config.max_model_size})"
-            )
-        data = bytearray(task.model)
-        actual = sha256_hex(data)
-        if actual != task.model_sha256.lower():
-            raise ChecksumMismatch(
-                f"inline model {task.model_id}: sha256 is {actual}, the task says "
-                f"{task.model_sha256 or '(none)'}"
-            )
-        return data
+        what = f"inline model {task.model_id}"
+        check_inline(task.model, task.model_sha256, limit=self.config.max_model_size, what=what)
+        return bytearray(task.model)
 
     async def _run_train(
         self,

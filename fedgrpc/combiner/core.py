@@ -19,14 +19,12 @@ from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.combiner.rounds import TrainingRound, sample_clients
 from fedgrpc.combiner.validation import ValidationPass
 from fedgrpc.errors import (
-    ChecksumMismatch,
     FailedPrecondition,
     FedgrpcError,
     InvalidArgument,
-    PayloadTooLarge,
     PermissionDenied,
 )
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import check_inline, sha256_hex
 from fedgrpc.model.serialization import dump_model_shared, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
@@ -257,22 +255,11 @@ class CombinerCore:
         self, client: ClientConnection, update: combiner_pb2.ModelUpdate
     ) -> memoryview:
         """The inline update's bytes, in a buffer this round owns (parsed in place)."""
-        size, limit = len(update.model), client.inline_model_bytes
-        if size > limit or size > self.max_model_size:
-            raise PayloadTooLarge(
-                f"inline update of {size} bytes is over the inline limit of "
-                f"{min(limit, self.max_model_size)} bytes announced to this client; "
-                "larger updates go through ModelService.Upload"
-            )
         if len(update.sha256) != 64:
             raise InvalidArgument("an inline update needs its sha256 (64 hex characters)")
-        data = bytearray(update.model)
-        actual = sha256_hex(data)
-        if actual != update.sha256.lower():
-            raise ChecksumMismatch(
-                f"inline update's sha256 is {actual}, its message says {update.sha256}"
-            )
-        return memoryview(data)
+        limit = min(client.inline_model_bytes, self.max_model_size)
+        check_inline(update.model, update.sha256, limit=limit, what="inline update")
+        return memoryview(bytearray(update.model))
 
     def _round_for_task(self, task_id: str) -> TrainingRound:
         work = self._tasks.get(task_id)
@@ -424,15 +411,6 @@ def _connected(client: ClientConnection) -> network_pb2.ConnectedClient:
 
 def _inline_model(assignment: network_pb2.RoundAssignment, limit: int) -> CachedModel:
     """The global model the controller sent on the link, checked like a download."""
-    size = len(assignment.model)
-    if size > limit:
-        raise PayloadTooLarge(
-            f"the controller sent a {size}-byte model inline; this link's limit is {limit}"
-        )
-    actual = sha256_hex(assignment.model)
-    if actual != assignment.model_sha256.lower():
-        raise ChecksumMismatch(
-            f"inline model {assignment.model_id}: sha256 is {actual}, "
-            f"the assignment says {assignment.model_sha256 or '(none)'}"
-        )
+    what = f"inline model {assignment.model_id}"
+    actual = check_inline(assignment.model, assignment.model_sha256, limit=limit, what=what)
     return CachedModel(model_id=assignment.model_id, data=assignment.model, sha256=actual)

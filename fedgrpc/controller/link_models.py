@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from fedgrpc.errors import ChecksumMismatch, FedgrpcError, PayloadTooLarge
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.errors import FedgrpcError
+from fedgrpc.model.chunking import check_inline
 from fedgrpc.modelstore import StoredModel
 from fedgrpc.proto.network.v1 import network_pb2
 
@@ -41,17 +41,8 @@ def store_partial(
 
 def store_inline_partial(network: Network, result: network_pb2.RoundResult) -> str:
     """Check and store the partial a combiner sent inline (blocking); its new id."""
-    size, limit = len(result.partial), network.config.inline_model_bytes
-    if size > limit:
-        raise PayloadTooLarge(
-            f"combiner sent a {size}-byte partial inline; the limit is {limit} bytes"
-        )
-    actual = sha256_hex(result.partial)
-    if actual != result.partial_sha256.lower():
-        raise ChecksumMismatch(
-            f"inline partial's sha256 is {actual}, its result says "
-            f"{result.partial_sha256 or '(none)'}"
-        )
+    limit = network.config.inline_model_bytes
+    actual = check_inline(result.partial, result.partial_sha256, limit=limit, what="inline partial")
     model_id, _ = store_partial(network, result.partial, actual)
     return model_id
 

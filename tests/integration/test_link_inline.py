@@ -59,7 +59,7 @@ def test_the_combiner_checks_an_inline_global_model() -> None:
         model_id="m", model=PARTIAL, model_sha256=sha256_hex(PARTIAL)
     )
     assert _inline_model(assignment, 1 << 20).data == PARTIAL
-    with pytest.raises(PayloadTooLarge, match="limit is 10"):
+    with pytest.raises(PayloadTooLarge, match="inline limit of 10 bytes"):
         _inline_model(assignment, 10)
     assignment.model_sha256 = sha256_hex(b"other")
     with pytest.raises(ChecksumMismatch, match="inline model m"):
