@@ -28,6 +28,7 @@ from fedgrpc.model.chunking import (
 from fedgrpc.model.digest import DigestBehind
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
+from fedgrpc.rpc.wire import read_varint, varint
 
 # Payloads from this size on are joined off the event loop: below it a thread hop costs more
 # than the work.
@@ -78,7 +79,7 @@ Chunk = model_pb2.ModelChunk | DataChunk
 
 def encode_data_chunk(chunk: bytes | bytearray | memoryview) -> bytes:
     """The serialized ``ModelChunk(data=chunk)``, built with one copy of ``chunk``."""
-    return b"".join((_DATA_TAG, _varint(memoryview(chunk).nbytes), chunk))
+    return b"".join((_DATA_TAG, varint(memoryview(chunk).nbytes), chunk))
 
 
 def serialize_chunk(message: model_pb2.ModelChunk | bytes) -> bytes:
@@ -90,31 +91,10 @@ def decode_chunk(raw: bytes) -> Chunk:
     """gRPC deserializer for model streams: a lone data field becomes a :class:`DataChunk`
     viewing ``raw``; anything else is parsed by protobuf."""
     if raw[:1] == _DATA_TAG:
-        length, start = _read_varint(raw, 1)
+        length, start = read_varint(raw, 1)
         if length >= 0 and start + length == len(raw):
             return DataChunk(memoryview(raw)[start:])
     return model_pb2.ModelChunk.FromString(raw)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(raw: bytes, position: int) -> tuple[int, int]:
-    """(value, next position), or (-1, 0) when malformed or longer than 10 bytes."""
-    value = shift = 0
-    for index in range(position, min(position + 10, len(raw))):
-        byte = raw[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    return -1, 0
 
 
 class ModelTransferStub(model_pb2_grpc.ModelServiceStub):

@@ -33,7 +33,7 @@ from fedgrpc.errors import (
     Unauthenticated,
     from_rpc_error,
 )
-from fedgrpc.model.chunking import check_inline, sha256_hex
+from fedgrpc.model.chunking import check_inline
 from fedgrpc.model.serialization import dump_model, load_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
@@ -307,8 +307,9 @@ class Client:
     ) -> bytearray:
         """A task's inline model, size and sha256 checked, in a buffer the arrays may view."""
         what = f"inline model {task.model_id}"
-        check_inline(task.model, task.model_sha256, limit=self.config.max_model_size, what=what)
-        return bytearray(task.model)
+        payload = task.model  # each read of a bytes field copies it: read it once
+        check_inline(payload, task.model_sha256, limit=self.config.max_model_size, what=what)
+        return bytearray(payload)
 
     async def _run_train(
         self,
@@ -326,12 +327,12 @@ class Client:
             metadata = {**metadata, "train_seconds": time.monotonic() - started}
             data = await _off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
             if 0 < len(data) <= self._inline_limit:  # one stream message, no Upload call
+                # No sha256: the transport checks one message whole (ModelUpdate.sha256).
                 update = combiner_pb2.ModelUpdate(
                     task_id=task.task_id,
                     session_id=task.session_id,
                     round_id=task.round_id,
                     model=data,
-                    sha256=sha256_hex(data),
                     metadata=dict_to_struct(metadata),
                 )
                 outbox.put_nowait(combiner_pb2.ClientMessage(update=update))

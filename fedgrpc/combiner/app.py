@@ -11,9 +11,10 @@ from fedgrpc.combiner.core import CombinerCore
 from fedgrpc.combiner.link import ControllerLink
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
+from fedgrpc.combiner.wire import add_combiner_service
 from fedgrpc.config import CombinerConfig
 from fedgrpc.errors import PermissionDenied
-from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.channel import open_channel
@@ -89,7 +90,7 @@ class Combiner:
                     heartbeat_interval=config.heartbeat_interval,
                     heartbeat_timeout=config.heartbeat_timeout,
                 ),
-                add_to_server=combiner_pb2_grpc.add_CombinerServiceServicer_to_server,
+                add_to_server=add_combiner_service,
                 name=service_name(combiner_pb2, "CombinerService"),
             ),
             Service(

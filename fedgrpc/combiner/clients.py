@@ -6,15 +6,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fedgrpc.combiner.wire import Outgoing
 from fedgrpc.errors import InvalidArgument, ResourceExhausted
-from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.rpc.streams import StreamPeer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class ClientConnection(StreamPeer[combiner_pb2.ServerMessage]):
+class ClientConnection(StreamPeer[Outgoing]):
     """One client's stream on this combiner."""
 
     ip: str = ""

@@ -21,10 +21,9 @@ from fedgrpc.combiner.validation import ValidationPass
 from fedgrpc.errors import (
     FailedPrecondition,
     FedgrpcError,
-    InvalidArgument,
     PermissionDenied,
 )
-from fedgrpc.model.chunking import check_inline, sha256_hex
+from fedgrpc.model.chunking import check_inline, check_inline_size, sha256_hex
 from fedgrpc.model.serialization import dump_model_shared, model_specs
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
@@ -207,12 +206,13 @@ class CombinerCore:
         client's own open task also ends that task as ``rejected``, so the round goes on with
         the other clients instead of waiting for its timeout.
         """
+        payload = update.model  # each read of a bytes field copies it: read it once
         header = model_pb2.ModelHeader(
             task_id=update.task_id,
             session_id=update.session_id,
             round_id=update.round_id,
             sha256=update.sha256,
-            total_size=len(update.model),
+            total_size=len(payload),
         )
         header.metadata.CopyFrom(update.metadata)
         try:
@@ -234,7 +234,7 @@ class CombinerCore:
             return
         round_ = self._round_for_task(update.task_id)
         try:
-            data = self._verified_inline(client, update)
+            data = self._verified_inline(client, update.sha256, payload)
         except FedgrpcError as exc:
             message = f"inline update refused: {exc.code.name}: {exc}"
             round_.task_failed(update.task_id, message, status="rejected")
@@ -252,14 +252,20 @@ class CombinerCore:
             log.warning("client %s: inline update refused: %s", client.name, exc)
 
     def _verified_inline(
-        self, client: ClientConnection, update: combiner_pb2.ModelUpdate
+        self, client: ClientConnection, claimed_sha256: str, payload: bytes
     ) -> memoryview:
-        """The inline update's bytes, in a buffer this round owns (parsed in place)."""
-        if len(update.sha256) != 64:
-            raise InvalidArgument("an inline update needs its sha256 (64 hex characters)")
+        """The inline update's bytes, checked: its size, and its sha256 when the client sent
+        one (optional: one message is framed and checked by the transport like any other
+        field; a digest guards models assembled from chunks or stored by it).
+
+        Read-only: the accumulator copies the update it keeps as its sum and adds the others
+        straight from their messages."""
         limit = min(client.inline_model_bytes, self.max_model_size)
-        check_inline(update.model, update.sha256, limit=limit, what="inline update")
-        return memoryview(bytearray(update.model))
+        if claimed_sha256:
+            check_inline(payload, claimed_sha256, limit=limit, what="inline update")
+        else:
+            check_inline_size(len(payload), limit=limit, what="inline update")
+        return memoryview(payload)
 
     def _round_for_task(self, task_id: str) -> TrainingRound:
         work = self._tasks.get(task_id)
@@ -319,8 +325,9 @@ class CombinerCore:
         self._report(network_pb2.CombinerReport(round_result=result))
 
     async def _open_round(self, assignment: network_pb2.RoundAssignment) -> TrainingRound:
-        if assignment.model:
-            self.models.put(_inline_model(assignment, self.link_inline_bytes))
+        model = assignment.model  # each read of a bytes field copies it: read it once
+        if model:
+            self.models.put(_inline_model(assignment, model, self.link_inline_bytes))
         cached = await self.models.get(assignment.model_id)
         reference = self._reference_specs(cached)
         aggregator = get_aggregator(
@@ -409,8 +416,9 @@ def _connected(client: ClientConnection) -> network_pb2.ConnectedClient:
     return network_pb2.ConnectedClient(name=client.name, ip=client.ip, public_key=client.public_key)
 
 
-def _inline_model(assignment: network_pb2.RoundAssignment, limit: int) -> CachedModel:
-    """The global model the controller sent on the link, checked like a download."""
+def _inline_model(assignment: network_pb2.RoundAssignment, model: bytes, limit: int) -> CachedModel:
+    """The global model the controller sent on the link (``model``, read from the
+    assignment once), checked like a download."""
     what = f"inline model {assignment.model_id}"
-    actual = check_inline(assignment.model, assignment.model_sha256, limit=limit, what=what)
-    return CachedModel(model_id=assignment.model_id, data=assignment.model, sha256=actual)
+    actual = check_inline(model, assignment.model_sha256, limit=limit, what=what)
+    return CachedModel(model_id=assignment.model_id, data=model, sha256=actual)

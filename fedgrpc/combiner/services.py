@@ -12,9 +12,10 @@ import grpc
 
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.core import CombinerCore
+from fedgrpc.combiner.wire import Outgoing
 from fedgrpc.errors import FedgrpcError
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
-from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.streams import first_message, pump
 from fedgrpc.security.identity import acting_subject, caller_token_id, check_acting_as
@@ -28,7 +29,10 @@ LARGE_UPDATE_BYTES = 32 * 1024 * 1024
 
 
 @validate_requests
-class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
+class CombinerServicer:
+    """CombinerService (mount it with :func:`add_combiner_service`: Connect may yield
+    :class:`SharedModelTask` messages)."""
+
     def __init__(
         self, core: CombinerCore, *, heartbeat_interval: float, heartbeat_timeout: float
     ) -> None:
@@ -40,7 +44,7 @@ class CombinerServicer(combiner_pb2_grpc.CombinerServiceServicer):
         self,
         request_iterator: AsyncIterator[combiner_pb2.ClientMessage],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[combiner_pb2.ServerMessage]:
+    ) -> AsyncIterator[Outgoing]:  # see add_combiner_service
         hello: combiner_pb2.ClientHello = await first_message(request_iterator, "hello", "a hello")
         validate_fields(hello)
         check_acting_as(hello.name, "client name")

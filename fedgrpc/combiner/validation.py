@@ -10,6 +10,7 @@ from collections.abc import Callable
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.rounds import fits_inline
+from fedgrpc.combiner.wire import SharedModelTask
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 
@@ -45,10 +46,12 @@ class ValidationPass:
                 model_id=a.model_id,
                 timeout=a.timeout,
             )
+            message = combiner_pb2.ServerMessage(validate=task)
             if model is not None and fits_inline(len(model.data), client):
                 payload = bytes(model.data) if payload is None else payload
-                task.model, task.model_sha256 = payload, model.sha256
-            client.send(combiner_pb2.ServerMessage(validate=task))
+                client.send(SharedModelTask(message, payload, model.sha256))
+            else:
+                client.send(message)
         self._requested = len(clients)
         self._check_done()
 

@@ -39,11 +39,11 @@ def store_partial(
     return model_id, stored
 
 
-def store_inline_partial(network: Network, result: network_pb2.RoundResult) -> str:
-    """Check and store the partial a combiner sent inline (blocking); its new id."""
+def store_inline_partial(network: Network, partial: bytes, claimed_sha256: str) -> str:
+    """Check and store a partial a combiner sent inline (blocking); its new id."""
     limit = network.config.inline_model_bytes
-    actual = check_inline(result.partial, result.partial_sha256, limit=limit, what="inline partial")
-    model_id, _ = store_partial(network, result.partial, actual)
+    actual = check_inline(partial, claimed_sha256, limit=limit, what="inline partial")
+    model_id, _ = store_partial(network, partial, actual)
     return model_id
 
 
@@ -53,10 +53,13 @@ async def store_inline_partials(
     """Give every inline partial among ``results`` a stored id (``model_id``); a partial that
     fails its checks turns its result into an error, so the round goes on without it."""
     for name, result in results.items():
-        if not result.partial:
+        partial = result.partial  # each read of a bytes field copies it: read it once
+        if not partial:
             continue
         try:
-            result.model_id = await asyncio.to_thread(store_inline_partial, network, result)
+            result.model_id = await asyncio.to_thread(
+                store_inline_partial, network, partial, result.partial_sha256
+            )
         except FedgrpcError as exc:
             log.warning("combiner %s: %s", name, exc)
             result.error, result.model_id = str(exc), ""

@@ -44,18 +44,22 @@ def sha256_hex(data: Buffer) -> str:
 def check_inline(data: Buffer, claimed_sha256: str, *, limit: int, what: str) -> str:
     """The digest of a model carried inside a message, checked as a transfer would be:
     PayloadTooLarge over ``limit``, ChecksumMismatch when the sender's sha256 differs."""
-    size = _nbytes(data)
-    if size > limit:
-        raise PayloadTooLarge(
-            f"{what} of {size} bytes is over the inline limit of {limit} bytes; "
-            "larger models go through ModelService"
-        )
+    check_inline_size(_nbytes(data), limit=limit, what=what)
     actual = sha256_hex(data)
     if actual != claimed_sha256.lower():
         raise ChecksumMismatch(
             f"{what}'s sha256 is {actual}, the sender says {claimed_sha256 or '(none)'}"
         )
     return actual
+
+
+def check_inline_size(size: int, *, limit: int, what: str) -> None:
+    """PayloadTooLarge when a model carried inside a message is over ``limit``."""
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{what} of {size} bytes is over the inline limit of {limit} bytes; "
+            "larger models go through ModelService"
+        )
 
 
 def check_chunk_size(chunk_size: int) -> int:

@@ -76,6 +76,7 @@ class RawClient:
         *,
         task_id: str = "",
         corrupt: bool = False,
+        digest: bool = True,
         size: int = 3,
     ) -> None:
         data = dump_model([np.full(size, value, dtype=np.float32)])
@@ -84,7 +85,7 @@ class RawClient:
             session_id=task.session_id,
             round_id=task.round_id,
             model=data,
-            sha256=sha256_hex(data + b"x" if corrupt else data),
+            sha256=sha256_hex(data + b"x" if corrupt else data) if digest else "",
             metadata=dict_to_struct({"num_examples": 1}),
         )
         self.outbox.put_nowait(combiner_pb2.ClientMessage(update=update))
@@ -182,6 +183,34 @@ async def test_corrupted_inline_update_is_refused_and_round_goes_on(
     np.testing.assert_allclose((await net.download(session.model_id))["0"], [2.0] * 3)
     assert any("DATA_LOSS" in m for m in await _statuses(net, "update.rejected"))
     assert sum(_calls(combiner).values()) == 0
+
+
+async def test_an_inline_update_without_its_optional_digest_is_folded(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+    combiner = await net.add_combiner("alpha")
+    await net.add_client("good", shift_train(2.0))
+    raw = RawClient(net, combiner, "plain")
+    try:
+        await eventually(
+            lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
+        )
+        await net.upload_seed([np.zeros(3, dtype=np.float32)])
+        session_id = await net.start_session(
+            rounds=1, round_timeout=60, requested_clients=2, validate=False
+        )
+        raw.send_update(await raw.next_task(), 4.0, digest=False)
+        session = await net.wait_session(session_id, timeout=20)
+    finally:
+        await raw.close()
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    clients = {c.client_name: c for c in round_.combiners[0].clients}
+    assert {name: c.status for name, c in clients.items()} == {"good": "ok", "plain": "ok"}
+    good, plain = clients["good"].num_examples, clients["plain"].num_examples
+    expected = (2.0 * good + 4.0 * plain) / (good + plain)
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [expected] * 3)
 
 
 async def test_inline_update_for_another_clients_task_is_refused(

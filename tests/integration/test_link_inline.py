@@ -26,7 +26,7 @@ def _result(data: bytes, sha256: str) -> network_pb2.RoundResult:
 
 def test_a_checked_inline_partial_is_stored_with_its_digest(local_network: LocalNetwork) -> None:
     network = local_network.controller.network
-    model_id = store_inline_partial(network, _result(PARTIAL, sha256_hex(PARTIAL)))
+    model_id = store_inline_partial(network, PARTIAL, sha256_hex(PARTIAL))
     assert model_id.startswith("partial-")
     assert network.models.get_bytes(model_id) == PARTIAL
     assert network.partial_digests[model_id] == sha256_hex(PARTIAL)
@@ -35,10 +35,10 @@ def test_a_checked_inline_partial_is_stored_with_its_digest(local_network: Local
 def test_an_inline_partial_that_fails_its_checks_is_refused(local_network: LocalNetwork) -> None:
     network = local_network.controller.network
     with pytest.raises(ChecksumMismatch, match="inline partial's sha256"):
-        store_inline_partial(network, _result(PARTIAL, sha256_hex(PARTIAL + b"x")))
+        store_inline_partial(network, PARTIAL, sha256_hex(PARTIAL + b"x"))
     too_big = b"x" * (network.config.inline_model_bytes + 1)
     with pytest.raises(PayloadTooLarge, match="inline"):
-        store_inline_partial(network, _result(too_big, sha256_hex(too_big)))
+        store_inline_partial(network, too_big, sha256_hex(too_big))
     assert network.partial_digests == {}
 
 
@@ -58,12 +58,12 @@ def test_the_combiner_checks_an_inline_global_model() -> None:
     assignment = network_pb2.RoundAssignment(
         model_id="m", model=PARTIAL, model_sha256=sha256_hex(PARTIAL)
     )
-    assert _inline_model(assignment, 1 << 20).data == PARTIAL
+    assert _inline_model(assignment, PARTIAL, 1 << 20).data == PARTIAL
     with pytest.raises(PayloadTooLarge, match="inline limit of 10 bytes"):
-        _inline_model(assignment, 10)
+        _inline_model(assignment, PARTIAL, 10)
     assignment.model_sha256 = sha256_hex(b"other")
     with pytest.raises(ChecksumMismatch, match="inline model m"):
-        _inline_model(assignment, 1 << 20)
+        _inline_model(assignment, PARTIAL, 1 << 20)
 
 
 async def test_the_controller_sends_only_small_models_inline(local_network: LocalNetwork) -> None:

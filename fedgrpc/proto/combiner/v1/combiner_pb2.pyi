@@ -61,9 +61,9 @@ class ClientMessage(_message.Message):
     @_builtins.property
     def update(self) -> Global___ModelUpdate:
         """A train task's update sent inline (instead of a ModelService Upload), when it is at
-        most the inline limit announced in Welcome. The combiner checks it exactly like an
-        upload: the task must be this client's and open, sha256 must match (else the task is
-        recorded as rejected with DATA_LOSS), and its size within the limits.
+        most the inline limit announced in Welcome. The combiner checks it like an upload: the
+        task must be this client's and open, its size within the limits, and its sha256, when
+        sent, must match (else the task is recorded as rejected with DATA_LOSS).
         """
 
     def __init__(
@@ -109,7 +109,10 @@ class ModelUpdate(_message.Message):
     model: _builtins.bytes
     """The update (safetensors), at most the inline limit."""
     sha256: _builtins.str
-    """SHA-256 of `model`, lowercase hex (64 characters); required."""
+    """SHA-256 of `model`, lowercase hex (64 characters); optional, checked when set. One
+    message arrives whole or not at all (gRPC's framing; TLS off loopback), so fedgrpc's
+    client leaves it empty; digests guard models assembled from chunks or stored by them.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """As ModelHeader.metadata: {"num_examples": N, ...}."""

@@ -1,0 +1,36 @@
+"""Protobuf wire format by hand, for the few messages we encode without copying a model twice.
+
+Only what the hot paths need: varints and length-delimited fields. Everything else goes
+through protobuf; tests check each hand-built message against protobuf's own parser.
+"""
+
+from __future__ import annotations
+
+_LENGTH_DELIMITED = 2
+
+
+def varint(value: int) -> bytes:
+    """``value`` (non-negative) as a base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_varint(raw: bytes, position: int) -> tuple[int, int]:
+    """(value, next position), or (-1, 0) when malformed or longer than 10 bytes."""
+    value = shift = 0
+    for index in range(position, min(position + 10, len(raw))):
+        byte = raw[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, 0
+
+
+def field_prefix(number: int, length: int) -> bytes:
+    """The key and length that precede a length-delimited field (bytes, string, message)."""
+    return varint(number << 3 | _LENGTH_DELIMITED) + varint(length)

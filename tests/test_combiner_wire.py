@@ -1,0 +1,69 @@
+"""The combiner's Connect codec: a task with a shared model encodes to exactly the message
+protobuf would build with the model set on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from fedgrpc.combiner.wire import SharedModelTask, serialize_outgoing
+from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.proto.combiner.v1 import combiner_pb2
+from fedgrpc.rpc.wire import read_varint, varint
+
+
+def _train() -> combiner_pb2.ServerMessage:
+    task = combiner_pb2.TrainTask(
+        task_id="t1", session_id="s", round_id="r", round_number=3, model_id="m", timeout=9.5
+    )
+    task.settings.update({"epochs": 2, "lr": 0.1})
+    return combiner_pb2.ServerMessage(train=task)
+
+
+def _validate() -> combiner_pb2.ServerMessage:
+    task = combiner_pb2.ValidateTask(task_id="v1", session_id="s", round_id="r", model_id="m")
+    return combiner_pb2.ServerMessage(validate=task)
+
+
+@pytest.mark.parametrize("make", [_train, _validate])
+@pytest.mark.parametrize("size", [1, 127, 128, 40_000, 3 * 1024 * 1024 + 7])
+def test_a_shared_model_task_decodes_to_the_task_with_its_model(
+    make: Callable[[], combiner_pb2.ServerMessage], size: int
+) -> None:
+    model = bytes(range(256)) * (size // 256) + b"\x01" * (size % 256)
+    shared = SharedModelTask(make(), model, sha256_hex(model))
+    expected = make()
+    task = getattr(expected, str(expected.WhichOneof("kind")))
+    task.model, task.model_sha256 = model, sha256_hex(model)
+    assert combiner_pb2.ServerMessage.FromString(serialize_outgoing(shared)) == expected
+    assert shared.decoded() == expected
+
+
+def test_the_shared_payload_is_not_copied_into_the_waiting_message() -> None:
+    model = b"x" * 1000
+    shared = SharedModelTask(_train(), model, sha256_hex(model))
+    assert shared.model is model
+    assert not shared.message.train.model  # the queued message holds no copy
+
+
+def test_only_train_and_validate_tasks_carry_a_shared_model() -> None:
+    heartbeat = combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat())
+    with pytest.raises(ValueError, match="train or validate"):
+        SharedModelTask(heartbeat, b"x", sha256_hex(b"x"))
+
+
+def test_plain_messages_are_serialized_by_protobuf() -> None:
+    message = _train()
+    assert serialize_outgoing(message) == message.SerializeToString()
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31, 2**63])
+def test_varints_round_trip(value: int) -> None:
+    encoded = varint(value)
+    assert read_varint(b"\xff" + encoded, 1) == (value, 1 + len(encoded))
+
+
+def test_a_truncated_or_overlong_varint_is_malformed() -> None:
+    assert read_varint(b"\x80\x80", 0) == (-1, 0)
+    assert read_varint(b"\xff" * 11, 0) == (-1, 0)
