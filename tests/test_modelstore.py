@@ -93,6 +93,8 @@ class StoreContract:
             store.size(model_id)
         with pytest.raises(NotFound):
             store.get(model_id)
+        with pytest.raises(NotFound):
+            store.get_bytes(model_id)
         assert leftovers() == []
 
     # --- basics ---------------------------------------------------------------------------------
@@ -118,6 +120,33 @@ class StoreContract:
         assert store.exists("empty")
         assert store.size("empty") == 0
         assert store.get_bytes("empty") == b""
+
+    def test_copy_stores_the_same_bytes_under_a_new_id_independently(
+        self, store: ModelStore
+    ) -> None:
+        data = payload_of(30_000, seed=2)
+        store.put_bytes("partial-1", data, durable=False)
+        stored = store.copy("partial-1", "model-1")
+        assert stored == StoredModel(model_id="model-1", size=30_000, sha256=sha256_hex(data))
+        assert store.delete("partial-1")
+        assert store.get_bytes("model-1") == data
+
+    def test_copy_records_a_digest_the_caller_verified(self, store: ModelStore) -> None:
+        store.put_bytes("partial-2", b"abc")
+        assert store.copy("partial-2", "m2", verified_sha256="f" * 64).sha256 == "f" * 64
+
+    def test_copy_refuses_a_missing_source_and_an_existing_target(
+        self, store: ModelStore, leftovers: Callable[[], list[Any]]
+    ) -> None:
+        with pytest.raises(NotFound, match="nope"):
+            store.copy("nope", "m3")
+        assert not store.exists("m3")
+        store.put_bytes("a", b"from a")
+        store.put_bytes("b", b"from b")
+        with pytest.raises(AlreadyExists, match="b"):
+            store.copy("a", "b")
+        assert store.get_bytes("b") == b"from b"
+        assert leftovers() == []
 
     @pytest.mark.parametrize("chunk_size", [1, 1000, 4096, 10_000, 10_001])
     def test_get_streams_chunks_of_the_requested_size(

@@ -162,8 +162,11 @@ def test_a_passed_on_partial_keeps_its_checked_digest_and_a_reencoded_one_does_n
     partial = dump_model(_model(0.25))
     passed_on = _reduce_outcome(tmp_path, partial)
     assert passed_on.model_sha256 == hashlib.sha256(partial).hexdigest()
+    assert passed_on.source_model_id == "p"  # the commit links the partial's stored bytes
     odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
-    assert _reduce_outcome(tmp_path, odd).model_sha256 is None  # the commit hashes it
+    reencoded = _reduce_outcome(tmp_path, odd)
+    assert reencoded.model_sha256 is None  # the commit hashes it
+    assert reencoded.source_model_id is None  # and writes the new bytes
 
 
 def test_single_partial_with_nan_is_rejected_as_before(tmp_path: Path) -> None:

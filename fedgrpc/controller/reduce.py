@@ -39,6 +39,9 @@ class ReduceOutcome:
     model_bytes: bytes
     # Known digest of model_bytes (a partial passed on as it arrived), saving a hash at commit.
     model_sha256: str | None = None
+    # The stored model whose bytes model_bytes are (that partial): the commit copies it within
+    # the store (a hard link on a directory) instead of writing the bytes again.
+    source_model_id: str | None = None
     state_bytes: bytes | None
     rejected: dict[str, str]  # combiner -> why its partial was not used
     num_updates: int
@@ -133,6 +136,7 @@ def _sole_partial_as_model(
     return ReduceOutcome(
         model_bytes=data,
         model_sha256=partial.sha256,
+        source_model_id=partial.model_id,
         state_bytes=None,
         rejected={},
         num_updates=partial.num_updates,

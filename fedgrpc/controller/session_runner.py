@@ -292,9 +292,15 @@ class SessionRunner:
         self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
     ) -> StoredModel:
         """The model's bytes, then its record, then the active pointer (blocking)."""
-        stored = self.network.models.put_bytes(
-            model_id, outcome.model_bytes, verified_sha256=outcome.model_sha256
-        )
+        models = self.network.models
+        if outcome.source_model_id is not None:
+            stored = models.copy(
+                outcome.source_model_id, model_id, verified_sha256=outcome.model_sha256
+            )
+        else:
+            stored = models.put_bytes(
+                model_id, outcome.model_bytes, verified_sha256=outcome.model_sha256
+            )
         self.store.models.create(
             id=model_id,
             parent_model=self.session["model_id"],

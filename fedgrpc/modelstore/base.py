@@ -99,6 +99,22 @@ class ModelStore(ABC):
         the iterator so the underlying file or cursor is released promptly.
         """
 
+    def copy(
+        self, source_id: str, model_id: str, *, verified_sha256: str | None = None
+    ) -> StoredModel:
+        """Store the bytes of ``source_id`` under the new id ``model_id``, durably.
+
+        For a model that already lies in the store (a round's partial becoming the new
+        global model). Streams through :meth:`put`; stores that can share the stored bytes do
+        so instead. ``verified_sha256`` as for :meth:`put`.
+        """
+        return self.put(
+            model_id,
+            self.get(source_id),
+            expected_size=self.size(source_id),
+            verified_sha256=verified_sha256,
+        )
+
     def get_bytes(self, model_id: str) -> bytes:
         """The whole model in memory."""
         return b"".join(self.get(model_id))

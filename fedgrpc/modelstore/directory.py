@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -62,6 +63,25 @@ class DirectoryModelStore(ModelStore):
             temp_path.unlink(missing_ok=True)
         return StoredModel(model_id=model_id, size=verifier.received, sha256=verifier.sha256)
 
+    def copy(
+        self, source_id: str, model_id: str, *, verified_sha256: str | None = None
+    ) -> StoredModel:
+        """A hard link to the source's file: no byte is read or written again, only forced to
+        disk (the source may have been stored with ``durable=False``)."""
+        source_path, final_path = self._path(source_id), self._path(model_id)
+        try:
+            fd = os.open(source_path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"model {source_id!r} not found") from None
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            sha256 = verified_sha256 or _file_sha256(fd)
+        finally:
+            os.close(fd)
+        _publish(source_path, final_path, model_id, durable=True)
+        return StoredModel(model_id=model_id, size=size, sha256=sha256)
+
     def get(self, model_id: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         check_chunk_size(chunk_size)
         path = self._path(model_id)
@@ -71,6 +91,13 @@ class DirectoryModelStore(ModelStore):
         except FileNotFoundError:
             raise NotFound(f"model {model_id!r} not found") from None
         return _read_chunks(model_file, chunk_size)
+
+    def get_bytes(self, model_id: str) -> bytes:
+        """One read into one buffer (the chunked default joins: twice the model in memory)."""
+        try:
+            return self._path(model_id).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"model {model_id!r} not found") from None
 
     def delete(self, model_id: str) -> bool:
         try:
@@ -126,6 +153,11 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _file_sha256(fd: int) -> str:
+    with os.fdopen(os.dup(fd), "rb") as model_file:
+        return hashlib.file_digest(model_file, "sha256").hexdigest()
 
 
 def _read_chunks(model_file: BinaryIO, chunk_size: int) -> Iterator[bytes]:
