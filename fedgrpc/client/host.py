@@ -31,7 +31,7 @@ from fedgrpc.client.analysis import (
 from fedgrpc.client.analysis_data import AnalysisData
 from fedgrpc.client.inbox import SYSTEM_PREFIX, Inbox, StoredMessage
 from fedgrpc.client.local_storage import LocalStorage
-from fedgrpc.client.messenger import Messenger, Uplink, receive
+from fedgrpc.client.messenger import Messenger, Outbox, Uplink, receive
 from fedgrpc.client.running import RunningMarks, lost_report
 from fedgrpc.config import ClientConfig
 from fedgrpc.errors import FedgrpcError, Unauthenticated
@@ -111,7 +111,7 @@ class AnalysisHost:
 
     # --- stream events --------------------------------------------------------------------
 
-    def connected(self, outbox: asyncio.Queue[combiner_pb2.ClientMessage]) -> None:
+    def connected(self, outbox: Outbox) -> None:
         self.uplink.attach(outbox)
 
     def disconnected(self) -> None:

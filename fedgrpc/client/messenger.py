@@ -16,6 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,14 +30,21 @@ log = logging.getLogger(__name__)
 MAX_BODY = 2 * 1024 * 1024  # FLAME's "around 2 MB"; the controller refuses larger ones too
 
 
+class Outbox(Protocol):
+    """Where a Connect stream's messages are queued (the client's queue also takes encoded
+    ones; the analysis side only sends messages)."""
+
+    def put_nowait(self, item: combiner_pb2.ClientMessage) -> None: ...
+
+
 class Uplink:
     """The current Connect stream's outbox; holds messages while the node is disconnected."""
 
     def __init__(self) -> None:
-        self._outbox: asyncio.Queue[combiner_pb2.ClientMessage] | None = None
+        self._outbox: Outbox | None = None
         self._backlog: list[combiner_pb2.ClientMessage] = []
 
-    def attach(self, outbox: asyncio.Queue[combiner_pb2.ClientMessage]) -> None:
+    def attach(self, outbox: Outbox) -> None:
         self._outbox = outbox
         backlog, self._backlog = self._backlog, []
         for message in backlog:

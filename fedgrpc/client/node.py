@@ -35,10 +35,11 @@ from fedgrpc.errors import (
 )
 from fedgrpc.model.chunking import check_inline
 from fedgrpc.model.serialization import dump_model, load_model
-from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
+from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
 from fedgrpc.rpc.channel import call, open_channel
+from fedgrpc.rpc.connect import ClientOutgoing, encode_update, open_connect
 from fedgrpc.security.tls import channel_credentials_for
 from fedgrpc.transfer import (
     ModelTransferStub,
@@ -169,9 +170,9 @@ class Client:
             credentials=channel_credentials_for(self.config),
             token=self.config.token,
         )
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage] = asyncio.Queue()
+        outbox: asyncio.Queue[ClientOutgoing] = asyncio.Queue()
         models = ModelTransferStub(channel)
-        stream = combiner_pb2_grpc.CombinerServiceStub(channel).Connect(self._outgoing(outbox))
+        stream = open_connect(channel, self._outgoing(outbox))
         stopper = asyncio.ensure_future(self._cancel_on_stop(stream))
         try:
             async for message in stream:
@@ -195,8 +196,8 @@ class Client:
         stream.cancel()
 
     async def _outgoing(
-        self, outbox: asyncio.Queue[combiner_pb2.ClientMessage]
-    ) -> AsyncIterator[combiner_pb2.ClientMessage]:
+        self, outbox: asyncio.Queue[ClientOutgoing]
+    ) -> AsyncIterator[ClientOutgoing]:
         hello = combiner_pb2.ClientHello(
             name=self.name,
             version=__version__,
@@ -211,7 +212,7 @@ class Client:
     def _dispatch(
         self,
         message: combiner_pb2.ServerMessage,
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        outbox: asyncio.Queue[ClientOutgoing],
         models: model_pb2_grpc.ModelServiceStub,
         stream: grpc.aio.StreamStreamCall,
     ) -> None:
@@ -241,7 +242,7 @@ class Client:
     def _start_heartbeats(
         self,
         welcome: combiner_pb2.Welcome,
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        outbox: asyncio.Queue[ClientOutgoing],
         stream: grpc.aio.StreamStreamCall,
     ) -> None:
         interval = min(self.config.heartbeat_interval, welcome.heartbeat_interval or math.inf)
@@ -252,7 +253,7 @@ class Client:
         self,
         interval: float,
         timeout: float,
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        outbox: asyncio.Queue[ClientOutgoing],
         stream: grpc.aio.StreamStreamCall,
     ) -> None:
         beat = combiner_pb2.ClientMessage(heartbeat=combiner_pb2.Heartbeat())
@@ -285,8 +286,9 @@ class Client:
         models: model_pb2_grpc.ModelServiceStub,
         task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask,
     ) -> Any:
-        if task.model:  # sent inline with the task
-            data: bytes | bytearray | memoryview = self._verified_inline(task)
+        payload = task.model  # each read of a bytes field copies it: read it once
+        if payload:  # sent inline with the task
+            data: bytes | bytearray | memoryview = self._verified_inline(task, payload)
         else:
             # Received into one buffer the arrays then view: no join, no copy of the model.
             received = await download_model(
@@ -303,18 +305,18 @@ class Client:
         return as_user_model(arrays)
 
     def _verified_inline(
-        self, task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask
+        self, task: combiner_pb2.TrainTask | combiner_pb2.ValidateTask, payload: bytes
     ) -> bytearray:
-        """A task's inline model, size and sha256 checked, in a buffer the arrays may view."""
+        """A task's inline model (``payload``), size and sha256 checked, in a buffer the
+        arrays may view."""
         what = f"inline model {task.model_id}"
-        payload = task.model  # each read of a bytes field copies it: read it once
         check_inline(payload, task.model_sha256, limit=self.config.max_model_size, what=what)
         return bytearray(payload)
 
     async def _run_train(
         self,
         task: combiner_pb2.TrainTask,
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        outbox: asyncio.Queue[ClientOutgoing],
         models: model_pb2_grpc.ModelServiceStub,
     ) -> None:
         if self._train is None:
@@ -332,10 +334,9 @@ class Client:
                     task_id=task.task_id,
                     session_id=task.session_id,
                     round_id=task.round_id,
-                    model=data,
                     metadata=dict_to_struct(metadata),
                 )
-                outbox.put_nowait(combiner_pb2.ClientMessage(update=update))
+                outbox.put_nowait(encode_update(update, data))
                 return
             header = model_pb2.ModelHeader(
                 task_id=task.task_id,
@@ -356,7 +357,7 @@ class Client:
     async def _run_validate(
         self,
         task: combiner_pb2.ValidateTask,
-        outbox: asyncio.Queue[combiner_pb2.ClientMessage],
+        outbox: asyncio.Queue[ClientOutgoing],
         models: model_pb2_grpc.ModelServiceStub,
     ) -> None:
         if self._validate is None:
@@ -407,6 +408,6 @@ def _train_output(result: Any) -> tuple[Any, dict[str, Any]]:
     return model, dict(metadata)
 
 
-def _fail(outbox: asyncio.Queue[combiner_pb2.ClientMessage], task_id: str, message: str) -> None:
+def _fail(outbox: asyncio.Queue[ClientOutgoing], task_id: str, message: str) -> None:
     failure = combiner_pb2.TaskFailed(task_id=task_id, message=message[:4000])
     outbox.put_nowait(combiner_pb2.ClientMessage(task_failed=failure))

@@ -11,13 +11,13 @@ from fedgrpc.combiner.core import CombinerCore
 from fedgrpc.combiner.link import ControllerLink
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.services import CombinerModelServicer, CombinerServicer
-from fedgrpc.combiner.wire import add_combiner_service
 from fedgrpc.config import CombinerConfig
 from fedgrpc.errors import PermissionDenied
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.channel import open_channel
+from fedgrpc.rpc.connect import add_combiner_service
 from fedgrpc.rpc.server import (
     RunningServer,
     Service,

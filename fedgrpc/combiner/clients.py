@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedgrpc.combiner.wire import Outgoing
 from fedgrpc.errors import InvalidArgument, ResourceExhausted
+from fedgrpc.rpc.connect import Outgoing
 from fedgrpc.rpc.streams import StreamPeer
 
 log = logging.getLogger(__name__)

@@ -295,9 +295,13 @@ class CombinerCore:
             round_.close(reason)
 
     async def _run_round(self, assignment: network_pb2.RoundAssignment) -> None:
-        result = network_pb2.RoundResult(
-            round_id=assignment.round_id, session_id=assignment.session_id
+        # Filled in place: wrapping a finished result would copy its inline partial again.
+        report = network_pb2.CombinerReport(
+            round_result=network_pb2.RoundResult(
+                round_id=assignment.round_id, session_id=assignment.session_id
+            )
         )
+        result = report.round_result
         round_: TrainingRound | None = None
         try:
             round_ = await self._open_round(assignment)
@@ -322,7 +326,7 @@ class CombinerCore:
         finally:
             if round_ is not None:
                 self._forget_round(round_)
-        self._report(network_pb2.CombinerReport(round_result=result))
+        self._report(report)
 
     async def _open_round(self, assignment: network_pb2.RoundAssignment) -> TrainingRound:
         model = assignment.model  # each read of a bytes field copies it: read it once

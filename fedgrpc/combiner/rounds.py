@@ -23,11 +23,11 @@ import numpy as np
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.models import CachedModel
-from fedgrpc.combiner.wire import SharedModelTask
 from fedgrpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fedgrpc.model.serialization import load_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.rpc.connect import SharedModelTask
 from fedgrpc.transfer import ReceivedModel, dict_to_struct
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ import grpc
 
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.core import CombinerCore
-from fedgrpc.combiner.wire import Outgoing
 from fedgrpc.errors import FedgrpcError
 from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
+from fedgrpc.rpc.connect import Outgoing
 from fedgrpc.rpc.streams import first_message, pump
 from fedgrpc.security.identity import acting_subject, caller_token_id, check_acting_as
 from fedgrpc.security.limits import validate_fields, validate_requests

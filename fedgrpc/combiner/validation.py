@@ -10,9 +10,9 @@ from collections.abc import Callable
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.rounds import fits_inline
-from fedgrpc.combiner.wire import SharedModelTask
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
+from fedgrpc.rpc.connect import SharedModelTask
 
 ReportSink = Callable[[network_pb2.CombinerReport], None]
 

@@ -188,9 +188,11 @@ class SessionRunner:
         link = self.network.registry.links.get(combiner)
         if link is None:
             return False
+        command = network_pb2.ControllerCommand(round=assignment)
         if inline is not None and len(inline[0]) <= link.inline_model_bytes:
-            assignment.model, assignment.model_sha256 = inline  # no download round trip
-        link.send(network_pb2.ControllerCommand(round=assignment))
+            # No download round trip. Set on the command: wrapping a message copies it whole.
+            command.round.model, command.round.model_sha256 = inline
+        link.send(command)
         return True
 
     async def _wait_or_stop(self, waiting: Any) -> None:

@@ -6,6 +6,12 @@ through protobuf; tests check each hand-built message against protobuf's own par
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+
+Buffer = bytes | bytearray | memoryview
+
 _LENGTH_DELIMITED = 2
 
 
@@ -34,3 +40,22 @@ def read_varint(raw: bytes, position: int) -> tuple[int, int]:
 def field_prefix(number: int, length: int) -> bytes:
     """The key and length that precede a length-delimited field (bytes, string, message)."""
     return varint(number << 3 | _LENGTH_DELIMITED) + varint(length)
+
+
+def encode_in_submessage(
+    message: Message, field: str, additions: Sequence[tuple[str, Buffer]]
+) -> bytes:
+    """``message`` serialized as if each (name, value) of ``additions`` were set on its
+    submessage ``field``: each value is copied once, straight into the result.
+
+    ``field`` must be the only field set on ``message`` (as in a oneof-only wrapper), and the
+    added fields length-delimited (bytes or string) and unset on the submessage.
+    """
+    submessage = getattr(message, field)
+    numbers = submessage.DESCRIPTOR.fields_by_name
+    parts: list[Buffer] = [submessage.SerializeToString()]
+    for name, value in additions:
+        parts += [field_prefix(numbers[name].number, memoryview(value).nbytes), value]
+    size = sum(memoryview(part).nbytes for part in parts)
+    outer = field_prefix(message.DESCRIPTOR.fields_by_name[field].number, size)
+    return b"".join((outer, *parts))

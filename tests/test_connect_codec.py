@@ -1,5 +1,5 @@
-"""The combiner's Connect codec: a task with a shared model encodes to exactly the message
-protobuf would build with the model set on it."""
+"""The Connect codecs: a task with a shared model and a client's encoded update decode to
+exactly the messages protobuf would build with the model set on them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ from collections.abc import Callable
 
 import pytest
 
-from fedgrpc.combiner.wire import SharedModelTask, serialize_outgoing
 from fedgrpc.model.chunking import sha256_hex
 from fedgrpc.proto.combiner.v1 import combiner_pb2
+from fedgrpc.rpc.connect import (
+    SharedModelTask,
+    encode_update,
+    serialize_client_outgoing,
+    serialize_outgoing,
+)
 from fedgrpc.rpc.wire import read_varint, varint
+from fedgrpc.transfer import dict_to_struct
 
 
 def _train() -> combiner_pb2.ServerMessage:
@@ -56,6 +62,30 @@ def test_only_train_and_validate_tasks_carry_a_shared_model() -> None:
 def test_plain_messages_are_serialized_by_protobuf() -> None:
     message = _train()
     assert serialize_outgoing(message) == message.SerializeToString()
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 70_000])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_an_encoded_update_decodes_to_the_update_with_its_model(
+    size: int, kind: Callable[[bytes], bytes]
+) -> None:
+    model = bytes(i % 251 for i in range(size))
+    update = combiner_pb2.ModelUpdate(
+        task_id="t", session_id="s", round_id="r", metadata=dict_to_struct({"num_examples": 7})
+    )
+    encoded = serialize_client_outgoing(encode_update(update, kind(model)))
+    expected = combiner_pb2.ModelUpdate()
+    expected.CopyFrom(update)
+    expected.model = model
+    assert combiner_pb2.ClientMessage.FromString(encoded) == combiner_pb2.ClientMessage(
+        update=expected
+    )
+    assert not update.model  # the caller's message is left as it was
+
+
+def test_plain_client_messages_are_serialized_by_protobuf() -> None:
+    message = combiner_pb2.ClientMessage(heartbeat=combiner_pb2.Heartbeat())
+    assert serialize_client_outgoing(message) == message.SerializeToString()
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31, 2**63])
