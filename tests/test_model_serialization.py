@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -323,3 +324,26 @@ def test_model_specs_reads_the_header_like_a_full_load() -> None:
         model_specs(b"not a model at all")
     with pytest.raises(PayloadTooLarge):
         model_specs(data, max_size=8)
+
+
+def test_models_of_one_layout_each_load_their_own_values() -> None:
+    # The header of a layout is built and parsed once and then remembered: what is shared
+    # must be the layout only, never the values.
+    first = dump_model({"w": np.zeros(8, np.float32), "b": np.ones(2, np.int64)})
+    second = dump_model({"w": np.full(8, 3.0, np.float32), "b": np.full(2, 7, np.int64)})
+    assert first[:64] == second[:64]  # the same header
+    for data, w, b in [(first, 0.0, 1), (second, 3.0, 7), (first, 0.0, 1)]:
+        loaded = load_model(data)
+        np.testing.assert_array_equal(loaded["w"], np.full(8, w, np.float32))
+        np.testing.assert_array_equal(loaded["b"], np.full(2, b, np.int64))
+
+
+def test_a_header_too_large_to_remember_is_parsed_every_time() -> None:
+    model = {f"layer_{i:05d}.attention.weight": np.full(2, i, np.float32) for i in range(2000)}
+    data = dump_model(model)
+    assert int.from_bytes(data[:8], "little") > 64 * 1024
+    for _ in range(2):
+        loaded = load_model(data)
+        assert loaded.keys() == model.keys()
+        np.testing.assert_array_equal(loaded["layer_01999.attention.weight"], [1999.0, 1999.0])
+    assert data == safetensors.numpy.save(model)

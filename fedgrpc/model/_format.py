@@ -15,6 +15,7 @@ spaces to a multiple of 8 bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import re
@@ -56,7 +57,7 @@ def encode(arrays: Mapping[str, np.ndarray]) -> bytes | None:
     """The safetensors bytes of native, C-contiguous ``arrays``; None when not handled here."""
     if not all(array.flags.c_contiguous for array in arrays.values()):
         return None
-    laid_out = _layout([(name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()])
+    laid_out = _layout(tuple((name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()))
     if laid_out is None:
         return None
     header, order = laid_out
@@ -79,7 +80,7 @@ def encoded_in_place(arrays: Mapping[str, np.ndarray]) -> memoryview | None:
     owner = _owner(next(iter(arrays.values())))
     if len(buffers) != 1 or not isinstance(owner, (bytearray, mmap.mmap)):
         return None
-    laid_out = _layout([(name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()])
+    laid_out = _layout(tuple((name, a.dtype, a.shape, a.nbytes) for name, a in arrays.items()))
     if laid_out is None or not all(a.flags.c_contiguous for a in arrays.values()):
         return None
     header, order = laid_out
@@ -109,8 +110,21 @@ def _owner(array: np.ndarray) -> object:
 _Spec = tuple[str, np.dtype[Any], tuple[int, ...], int]  # name, dtype, shape, nbytes
 
 
-def _layout(specs: list[_Spec]) -> tuple[bytes, list[str]] | None:
-    """The padded header the library writes for these tensors, and their names in file order."""
+def _layout(specs: tuple[_Spec, ...]) -> tuple[bytes, tuple[str, ...]] | None:
+    """The padded header the library writes for these tensors, and their names in file order.
+
+    Remembered for models of up to ``_CACHED_LAYOUT_TENSORS`` tensors (the last few layouts):
+    a session encodes the same layout every round, and for a small model building the header
+    costs more than copying the tensors."""
+    if len(specs) <= _CACHED_LAYOUT_TENSORS:
+        return _layout_cached(specs)
+    return _build_layout(specs)
+
+
+_CACHED_LAYOUT_TENSORS = 1024
+
+
+def _build_layout(specs: tuple[_Spec, ...]) -> tuple[bytes, tuple[str, ...]] | None:
     if not _LITTLE_ENDIAN:
         return None
     entries = []
@@ -130,7 +144,10 @@ def _layout(specs: list[_Spec]) -> tuple[bytes, list[str]] | None:
         offset = end
     header = ("{" + ",".join(fields) + "}").encode("utf-8")
     header += b" " * (-len(header) % 8)
-    return header, [entry[2] for entry in entries]
+    return header, tuple(entry[2] for entry in entries)
+
+
+_layout_cached = functools.lru_cache(maxsize=16)(_build_layout)
 
 
 def _plain_name(name: object) -> bool:
@@ -173,7 +190,9 @@ def is_canonical(data: memoryview) -> bool:
     if parsed is None:
         return False
     laid_out = _layout(
-        [(name, dtype, shape, count * dtype.itemsize) for name, dtype, count, _, shape in parsed]
+        tuple(
+            (name, dtype, shape, count * dtype.itemsize) for name, dtype, count, _, shape in parsed
+        )
     )
     if laid_out is None:
         return False
@@ -199,14 +218,27 @@ def parse_header(
     return [(name, dtype, shape) for name, dtype, _, _, shape in tensors]
 
 
-def _parse(data: memoryview, total_size: int | None = None) -> list[_Tensor] | None:
+def _parse(data: memoryview, total_size: int | None = None) -> tuple[_Tensor, ...] | None:
     size = data.nbytes if total_size is None else total_size
     if size < 8 or data.nbytes < 8:
         return None
     length = int.from_bytes(data[:8], "little")
     if length > _MAX_HEADER or 8 + length > size or 8 + length > data.nbytes:
         return None
-    header = _header(bytes(data[8 : 8 + length]))
+    raw = bytes(data[8 : 8 + length])
+    if length <= _CACHED_HEADER_BYTES:
+        return _parse_header_cached(raw, size)
+    return _parse_header(raw, size)
+
+
+# Headers up to this size are remembered (the last few): every round of a session sends the
+# same one, and for a small model parsing it costs more than the tensors themselves.
+_CACHED_HEADER_BYTES = 64 * 1024
+
+
+def _parse_header(raw: bytes, size: int) -> tuple[_Tensor, ...] | None:
+    """The tensors a header describes, in file order, for a file of ``size`` bytes."""
+    header = _header(raw)
     if header is None:
         return None
     tensors = []
@@ -219,7 +251,10 @@ def _parse(data: memoryview, total_size: int | None = None) -> list[_Tensor] | N
         if checked is None:
             return None
         tensors.append(checked)
-    return _laid_out(tensors, start=8 + length, end=size)
+    return _laid_out(tensors, start=8 + len(raw), end=size)
+
+
+_parse_header_cached = functools.lru_cache(maxsize=16)(_parse_header)
 
 
 def _header(raw: bytes) -> dict[str, Any] | None:
@@ -283,7 +318,7 @@ def _tensor(name: str, info: object) -> tuple[str, str, int, int, tuple[int, ...
 
 def _laid_out(
     tensors: list[tuple[str, str, int, int, tuple[int, ...]]], *, start: int, end: int
-) -> list[_Tensor] | None:
+) -> tuple[_Tensor, ...] | None:
     """The tensors in file order, if they tile the data area exactly, as the library demands."""
     tensors.sort(key=lambda tensor: (tensor[2], tensor[3]))
     position = 0
@@ -296,4 +331,4 @@ def _laid_out(
             (name, numpy_dtype, (stop - begin) // numpy_dtype.itemsize, start + begin, shape)
         )
         position = stop
-    return result if start + position == end else None
+    return tuple(result) if start + position == end else None
