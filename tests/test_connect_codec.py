@@ -15,7 +15,7 @@ from fedgrpc.rpc.connect import (
     serialize_client_outgoing,
     serialize_outgoing,
 )
-from fedgrpc.rpc.wire import read_varint, varint
+from fedgrpc.rpc.wire import encode_in_submessage, read_varint, varint
 from fedgrpc.transfer import dict_to_struct
 
 
@@ -97,3 +97,8 @@ def test_varints_round_trip(value: int) -> None:
 def test_a_truncated_or_overlong_varint_is_malformed() -> None:
     assert read_varint(b"\x80\x80", 0) == (-1, 0)
     assert read_varint(b"\xff" * 11, 0) == (-1, 0)
+
+
+def test_only_a_lone_submessage_is_encoded_by_hand() -> None:
+    with pytest.raises(ValueError, match="only field"):
+        encode_in_submessage(combiner_pb2.ClientMessage(), "update", [("model", b"x")])

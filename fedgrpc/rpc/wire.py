@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from google.protobuf.message import Message
 
-Buffer = bytes | bytearray | memoryview
+from fedgrpc.model.chunking import Buffer
 
 _LENGTH_DELIMITED = 2
 
@@ -51,6 +51,8 @@ def encode_in_submessage(
     ``field`` must be the only field set on ``message`` (as in a oneof-only wrapper), and the
     added fields length-delimited (bytes or string) and unset on the submessage.
     """
+    if [descriptor.name for descriptor, _ in message.ListFields()] != [field]:
+        raise ValueError(f"{field} must be the only field set on the outer message")
     submessage = getattr(message, field)
     numbers = submessage.DESCRIPTOR.fields_by_name
     parts: list[Buffer] = [submessage.SerializeToString()]
