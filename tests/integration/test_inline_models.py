@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -151,13 +151,17 @@ async def test_a_client_with_inline_off_uses_model_service(local_network: LocalN
     assert _calls(mixed) == {"Download": 2, "Upload": 2}
 
 
-async def test_corrupted_inline_update_is_refused_and_round_goes_on(
-    local_network: LocalNetwork,
-) -> None:
-    net = local_network
+Answer = Callable[[RawClient, combiner_pb2.TrainTask], None]
+
+
+async def _one_round_beside_a_good_client(
+    net: LocalNetwork, raw_name: str, answer: Answer
+) -> tuple[Combiner, control_pb2.Session, dict[str, control_pb2.RoundClient]]:
+    """A one-round session of a real client adding 2.0 and a raw client that ``answer``s its
+    task; the combiner, the ended session and each client's outcome in the round."""
     combiner = await net.add_combiner("alpha")
     await net.add_client("good", shift_train(2.0))
-    raw = RawClient(net, combiner, "corrupt")
+    raw = RawClient(net, combiner, raw_name)
     try:
         await eventually(
             lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
@@ -166,17 +170,27 @@ async def test_corrupted_inline_update_is_refused_and_round_goes_on(
         session_id = await net.start_session(
             rounds=1, round_timeout=60, requested_clients=2, validate=False
         )
-        task = await raw.next_task()
-        assert task.model
-        assert task.model_sha256 == sha256_hex(task.model)
-        raw.send_update(task, 100.0, corrupt=True)
-        # Decided by the refusal, not by the 60 s timeout.
+        answer(raw, await raw.next_task())
+        # Decided by the answers, not by the 60 s timeout.
         session = await net.wait_session(session_id, timeout=20)
     finally:
         await raw.close()
     assert session.status == "finished", session.reason
     (round_,) = await net.rounds(session_id)
-    outcome = {c.client_name: c for c in round_.combiners[0].clients}
+    return combiner, session, {c.client_name: c for c in round_.combiners[0].clients}
+
+
+async def test_corrupted_inline_update_is_refused_and_round_goes_on(
+    local_network: LocalNetwork,
+) -> None:
+    net = local_network
+
+    def corrupt(raw: RawClient, task: combiner_pb2.TrainTask) -> None:
+        assert task.model
+        assert task.model_sha256 == sha256_hex(task.model)
+        raw.send_update(task, 100.0, corrupt=True)
+
+    combiner, session, outcome = await _one_round_beside_a_good_client(net, "corrupt", corrupt)
     assert outcome["good"].status == "ok"
     assert outcome["corrupt"].status == "rejected"
     assert "DATA_LOSS" in outcome["corrupt"].message
@@ -189,27 +203,14 @@ async def test_an_inline_update_without_its_optional_digest_is_folded(
     local_network: LocalNetwork,
 ) -> None:
     net = local_network
-    combiner = await net.add_combiner("alpha")
-    await net.add_client("good", shift_train(2.0))
-    raw = RawClient(net, combiner, "plain")
-    try:
-        await eventually(
-            lambda: net.controller.network.registry.clients_online() == 2, what="raw client"
-        )
-        await net.upload_seed([np.zeros(3, dtype=np.float32)])
-        session_id = await net.start_session(
-            rounds=1, round_timeout=60, requested_clients=2, validate=False
-        )
-        raw.send_update(await raw.next_task(), 4.0, digest=False)
-        session = await net.wait_session(session_id, timeout=20)
-    finally:
-        await raw.close()
-    assert session.status == "finished", session.reason
-    (round_,) = await net.rounds(session_id)
-    clients = {c.client_name: c for c in round_.combiners[0].clients}
+
+    def plain(raw: RawClient, task: combiner_pb2.TrainTask) -> None:
+        raw.send_update(task, 4.0, digest=False)
+
+    _, session, clients = await _one_round_beside_a_good_client(net, "plain", plain)
     assert {name: c.status for name, c in clients.items()} == {"good": "ok", "plain": "ok"}
-    good, plain = clients["good"].num_examples, clients["plain"].num_examples
-    expected = (2.0 * good + 4.0 * plain) / (good + plain)
+    good, plain_weight = clients["good"].num_examples, clients["plain"].num_examples
+    expected = (2.0 * good + 4.0 * plain_weight) / (good + plain_weight)
     np.testing.assert_allclose((await net.download(session.model_id))["0"], [expected] * 3)
 
 
