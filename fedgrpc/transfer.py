@@ -28,6 +28,7 @@ from fedgrpc.model.chunking import (
 from fedgrpc.model.digest import DigestBehind
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
+from fedgrpc.rpc.server import add_handlers
 from fedgrpc.rpc.wire import read_varint, varint
 
 # Payloads from this size on are joined off the event loop: below it a thread hop costs more
@@ -145,8 +146,7 @@ def add_model_service(servicer: ModelServicer, server: grpc.aio.Server) -> None:
             response_serializer=serialize_chunk,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
-    server.add_registered_method_handlers(_SERVICE, handlers)
+    add_handlers(server, _SERVICE, handlers)
 
 
 # --- streams ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Protocol, TypeAlias
 import grpc
 
 from fedgrpc.proto.combiner.v1 import combiner_pb2
+from fedgrpc.rpc.server import add_handlers
 from fedgrpc.rpc.wire import encode_in_submessage
 
 _SERVICE = combiner_pb2.DESCRIPTOR.services_by_name["CombinerService"].full_name
@@ -81,8 +82,7 @@ def add_combiner_service(servicer: CombinerServiceServicer, server: grpc.aio.Ser
             response_serializer=serialize_outgoing,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
-    server.add_registered_method_handlers(_SERVICE, handlers)
+    add_handlers(server, _SERVICE, handlers)
 
 
 # --- client side -----------------------------------------------------------------------------

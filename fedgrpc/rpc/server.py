@@ -83,6 +83,14 @@ def service_name(module: Any, service: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[service].full_name)
 
 
+def add_handlers(
+    server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+) -> None:
+    """Register a service built by hand (our own codecs instead of the generated ones)."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def message_size_options(max_message_size: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_size),
