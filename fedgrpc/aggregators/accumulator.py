@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedgrpc.aggregators.blas import axpy
 from fedgrpc.aggregators.finite import all_finite
 from fedgrpc.errors import FailedPrecondition, InvalidArgument
 
@@ -233,6 +234,8 @@ class WeightedMeanAccumulator:
             # one (equal num_examples, the common case) is folded by a single in-place add.
             np.add(total, array, out=total)
             return
+        if axpy(factor, array, total):
+            return  # one fused pass (float32/float64 updates in their accumulation dtype)
         if not array.flags.c_contiguous:
             # Rare (transposed views); a flat view would be a full copy anyway.
             np.add(total, np.multiply(array, factor, dtype=total.dtype), out=total)
