@@ -171,6 +171,28 @@ def test_concurrent_adds_lose_nothing() -> None:
     assert_mean_matches(accumulator.mean(), updates, weights)
 
 
+def test_many_float32_updates_keep_the_mean_to_float32_precision() -> None:
+    # 2,000 updates around 21 in random order: float32 sums left the mean off by ~5e-5 (24
+    # float32 steps); past 256 updates the sums are float64 and only the result is rounded.
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(5000).astype(np.float32) + 20
+    accumulator = WeightedMeanAccumulator({"w": base})
+    exact = np.zeros(base.shape)
+    for i in rng.permutation(2000):
+        update = base + np.float32(0.001 * i)
+        exact += update
+        accumulator.add({"w": update}, 1.0 + i % 3, consume=True)
+        exact += (i % 3) * update.astype(np.float64)
+    weights = sum(1.0 + i % 3 for i in range(2000))
+    mean = accumulator.mean()["w"]
+    partial = accumulator.partial_mean()["w"]
+    assert mean.dtype == partial.dtype == np.float32  # the promised dtypes, widened or not
+    np.testing.assert_allclose(mean, exact / weights, rtol=0, atol=5e-6)
+    merged = WeightedMeanAccumulator({"w": base})
+    merged.merge_partial({"w": partial}, accumulator.total_weight, accumulator.count)
+    np.testing.assert_array_equal(merged.take_partial_mean()["w"], partial)
+
+
 # --- accumulator: memory ownership -----------------------------------------------------------
 def test_consume_false_leaves_inputs_untouched_and_keeps_no_reference() -> None:
     rng = np.random.default_rng(5)
