@@ -40,6 +40,7 @@ async def run_clients(
     count: int,
     heartbeat: float,
     data_dir: Path | None,
+    wave: int = 50,
 ) -> None:
     """``keys``: the controller's data directory; each client's token is minted from it."""
     clients = [
@@ -56,12 +57,18 @@ async def run_clients(
         )
         for index in range(first, first + count)
     ]
-    runs = [asyncio.ensure_future(client.run_async()) for client in clients]
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    await asyncio.gather(*(client.connected.wait() for client in clients))
+    runs: list[asyncio.Future[None]] = []
+    # Clients start in waves: a thousand connecting at once in one process on a busy machine
+    # answer their own calls too late, and their retries crowd out the rest (real clients
+    # are separate machines and start at their own times).
+    for start in range(0, len(clients), wave):
+        batch = clients[start : start + wave]
+        runs += [asyncio.ensure_future(client.run_async()) for client in batch]
+        await asyncio.gather(*(client.connected.wait() for client in batch))
     print(json.dumps({"event": "ready", "clients": count}), flush=True)
     await stopping.wait()
     for client in clients:
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--heartbeat", type=float, default=5.0)
     parser.add_argument("--data-dir", type=Path, help="One directory per client below this.")
+    parser.add_argument("--wave", type=int, default=50, help="Clients connecting at once.")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("BENCH_CLIENT_LOG_LEVEL", "WARNING"),
@@ -85,7 +93,13 @@ def main() -> None:
     )
     asyncio.run(
         run_clients(
-            args.controller, args.keys, args.first, args.count, args.heartbeat, args.data_dir
+            args.controller,
+            args.keys,
+            args.first,
+            args.count,
+            args.heartbeat,
+            args.data_dir,
+            args.wave,
         )
     )
 

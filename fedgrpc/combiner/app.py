@@ -89,6 +89,7 @@ class Combiner:
                     core,
                     heartbeat_interval=config.heartbeat_interval,
                     heartbeat_timeout=config.heartbeat_timeout,
+                    max_heartbeats_per_second=config.max_client_heartbeats_per_second,
                 ),
                 add_to_server=add_combiner_service,
                 name=service_name(combiner_pb2, "CombinerService"),

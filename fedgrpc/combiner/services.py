@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -34,11 +35,17 @@ class CombinerServicer:
     :class:`SharedModelTask` messages)."""
 
     def __init__(
-        self, core: CombinerCore, *, heartbeat_interval: float, heartbeat_timeout: float
+        self,
+        core: CombinerCore,
+        *,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        max_heartbeats_per_second: float = math.inf,
     ) -> None:
         self._core = core
         self._interval = heartbeat_interval
         self._timeout = heartbeat_timeout
+        self._max_heartbeats = max_heartbeats_per_second
 
     async def Connect(
         self,
@@ -57,10 +64,13 @@ class CombinerServicer:
         )
         client.token_id = caller_token_id()
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
+        interval, timeout = heartbeat_pace(
+            len(self._core.clients), self._interval, self._timeout, self._max_heartbeats
+        )
         welcome = combiner_pb2.Welcome(
             combiner_name=self._core.name,
-            heartbeat_interval=self._interval,
-            heartbeat_timeout=self._timeout,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
             inline_model_bytes=client.inline_model_bytes,
         )
         try:
@@ -70,8 +80,8 @@ class CombinerServicer:
                 request_iterator,
                 lambda m: self._on_message(client, m),
                 heartbeat=combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat()),
-                interval=self._interval,
-                timeout=self._timeout,
+                interval=interval,
+                timeout=timeout,
             ):
                 yield message
         finally:
@@ -88,6 +98,18 @@ class CombinerServicer:
             log.warning("dropped a message from client %s: %s", client.name, error)
             return
         self._core.handle_client_message(client, message)
+
+
+def heartbeat_pace(
+    clients: int, interval: float, timeout: float, max_per_second: float
+) -> tuple[float, float]:
+    """The heartbeat interval and timeout for the client that makes ``clients`` connected:
+    the configured ones while ``clients / interval`` stays within ``max_per_second``, else
+    both stretched by the same factor. Clients already connected keep what they were told, so the
+    combiner's total stays within about ``max_per_second * (1 + ln(clients / (interval *
+    max_per_second)))`` heartbeats a second."""
+    stretch = max(1.0, clients / (interval * max_per_second))
+    return interval * stretch, timeout * stretch
 
 
 @validate_requests

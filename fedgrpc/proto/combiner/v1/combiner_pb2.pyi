@@ -316,9 +316,11 @@ class Welcome(_message.Message):
     INLINE_MODEL_BYTES_FIELD_NUMBER: _builtins.int
     combiner_name: _builtins.str
     heartbeat_interval: _builtins.float
-    """Seconds between heartbeats the combiner expects."""
+    """Seconds between heartbeats the combiner expects (the client beats at this pace). Longer
+    than configured when the combiner has many clients (max_client_heartbeats_per_second).
+    """
     heartbeat_timeout: _builtins.float
-    """Seconds of silence after which the combiner drops the client."""
+    """Seconds of silence after which the combiner drops the client (stretched alike)."""
     inline_model_bytes: _builtins.int
     """The largest update (bytes) the client may send inline as a ClientMessage.update: the
     smaller of the combiner's and the client's (hello) limits; 0: always upload.
@@ -368,7 +370,9 @@ class TrainTask(_message.Message):
     download `model_id` from ModelService.
     """
     model_sha256: _builtins.str
-    """SHA-256 of `model`, lowercase hex; set whenever `model` is."""
+    """SHA-256 of `model`, lowercase hex; set whenever `model` is (the combiner checked it).
+    A client need not hash `model` again: one message arrives whole or not at all.
+    """
     @_builtins.property
     def settings(self) -> _struct_pb2.Struct:
         """Passed to the train function as `settings`."""
