@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 
@@ -34,6 +34,7 @@ from fedgrpc.errors import (
 )
 from fedgrpc.model.chunking import check_inline_size
 from fedgrpc.model.serialization import dump_model, load_model
+from fedgrpc.offload import OFFLOAD_BYTES, off_loop_if_large
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
@@ -50,7 +51,6 @@ from fedgrpc.transfer import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Errors no amount of retrying fixes: the client gives up and says why.
 FATAL_ERRORS = (Unauthenticated, PermissionDenied, TlsHandshakeFailed)
@@ -95,8 +95,10 @@ class Client:
         self._stopping = asyncio.Event()
         self.combiner_name = ""
         self.connected = asyncio.Event()
-        # Seconds between this client's heartbeats on its current stream (the combiner's pace).
+        # This client's heartbeat interval and the combiner silence it tolerates, in seconds,
+        # on its current stream (the combiner's pace).
         self.heartbeat_interval = self.config.heartbeat_interval
+        self.heartbeat_timeout = 4 * self.config.heartbeat_interval
         self._running: dict[str, asyncio.Task[None]] = {}
         # The largest update sent inline on the stream (the combiner's Welcome says; 0: none).
         self._inline_limit = 0
@@ -233,6 +235,9 @@ class Client:
             self._start(
                 message.validate.task_id, self._run_validate(message.validate, outbox, models)
             )
+        elif kind == "heartbeat":
+            if message.heartbeat.interval > 0 and message.heartbeat.timeout > 0:
+                self._set_pace(message.heartbeat.interval, message.heartbeat.timeout)
         elif kind in ANALYSIS_KINDS:
             self.analyses.handle(message)
         elif kind == "cancel":
@@ -246,25 +251,24 @@ class Client:
         outbox: asyncio.Queue[ClientOutgoing],
         stream: grpc.aio.StreamStreamCall,
     ) -> None:
-        # The combiner sets the pace (it stretches it when it has many clients); our own
-        # setting applies only to a combiner that announces none.
+        # The combiner sets the pace (it stretches it when it has many clients, and may
+        # change it on any heartbeat); our own setting applies only to a combiner that
+        # announces none.
         interval = welcome.heartbeat_interval or self.config.heartbeat_interval
-        timeout = welcome.heartbeat_timeout or 4 * interval
-        self.heartbeat_interval = interval
-        self._start("heartbeat", self._heartbeat(interval, timeout, outbox, stream))
+        self._set_pace(interval, welcome.heartbeat_timeout or 4 * interval)
+        self._start("heartbeat", self._heartbeat(outbox, stream))
+
+    def _set_pace(self, interval: float, timeout: float) -> None:
+        self.heartbeat_interval, self.heartbeat_timeout = interval, timeout
 
     async def _heartbeat(
-        self,
-        interval: float,
-        timeout: float,
-        outbox: asyncio.Queue[ClientOutgoing],
-        stream: grpc.aio.StreamStreamCall,
+        self, outbox: asyncio.Queue[ClientOutgoing], stream: grpc.aio.StreamStreamCall
     ) -> None:
         beat = combiner_pb2.ClientMessage(heartbeat=combiner_pb2.Heartbeat())
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_heard > timeout:
-                log.warning("combiner silent for %.0fs; reconnecting", timeout)
+            await asyncio.sleep(self.heartbeat_interval)
+            if time.monotonic() - self._last_heard > self.heartbeat_timeout:
+                log.warning("combiner silent for %.0fs; reconnecting", self.heartbeat_timeout)
                 stream.cancel()
                 return
             outbox.put_nowait(beat)
@@ -299,7 +303,7 @@ class Client:
                 models, task.model_id, max_size=self.config.max_model_size, mutable=True
             )
             data = received.data
-        arrays = await _off_loop_if_large(
+        arrays = await off_loop_if_large(
             len(data),
             load_model,
             data,
@@ -334,7 +338,7 @@ class Client:
             result = await self._call_user(self._train, model, struct_to_dict(task.settings))
             new_model, metadata = _train_output(result)
             metadata = {**metadata, "train_seconds": time.monotonic() - started}
-            data = await _off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
+            data = await off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
             if 0 < len(data) <= self._inline_limit:  # one stream message, no Upload call
                 # No sha256: the transport checks one message whole (ModelUpdate.sha256).
                 update = combiner_pb2.ModelUpdate(
@@ -387,23 +391,12 @@ class Client:
             _fail(outbox, task.task_id, f"validate raised {type(exc).__name__}: {exc}")
 
 
-# Models below this size are parsed and serialized on the event loop: for them a worker-thread
-# hop costs more than the work (the user's own code always runs in a thread).
-_INLINE_MODEL_BYTES = 2 * 1024 * 1024
-
-
-async def _off_loop_if_large(size: int, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    if size < _INLINE_MODEL_BYTES:
-        return function(*args, **kwargs)
-    return await asyncio.to_thread(function, *args, **kwargs)
-
-
 def _model_nbytes(model: Any) -> int:
     """The bytes of a model's arrays; "large" for anything unexpected (dump_model judges it)."""
     arrays = model.values() if isinstance(model, Mapping) else model
     if not isinstance(arrays, (list, tuple)) and not isinstance(model, Mapping):
-        return _INLINE_MODEL_BYTES
-    return sum(int(getattr(array, "nbytes", _INLINE_MODEL_BYTES)) for array in arrays)
+        return OFFLOAD_BYTES
+    return sum(int(getattr(array, "nbytes", OFFLOAD_BYTES)) for array in arrays)
 
 
 def _train_output(result: Any) -> tuple[Any, dict[str, Any]]:

@@ -25,6 +25,7 @@ from fedgrpc.errors import (
 )
 from fedgrpc.model.chunking import check_inline, check_inline_size, sha256_hex
 from fedgrpc.model.serialization import dump_model_shared, model_specs
+from fedgrpc.offload import off_loop_if_large
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.proto.network.v1 import network_pb2
@@ -310,7 +311,8 @@ class CombinerCore:
             mean, total_weight, count = await round_.partial_mean()
             if mean is not None:
                 # The mean usually lives in the first update's buffer: shipped as it is.
-                data = await asyncio.to_thread(dump_model_shared, mean)
+                size = sum(array.nbytes for array in mean.values())
+                data = await off_loop_if_large(size, dump_model_shared, mean)
                 del mean
                 if 0 < len(data) <= self.link_inline_bytes:  # on the link, no Upload call
                     result.partial, result.partial_sha256 = bytes(data), sha256_hex(data)

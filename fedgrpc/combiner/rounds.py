@@ -25,16 +25,13 @@ from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fedgrpc.model.serialization import load_model
+from fedgrpc.offload import off_loop_if_large
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
 from fedgrpc.rpc.connect import SharedModelTask
 from fedgrpc.transfer import ReceivedModel, dict_to_struct
 
 log = logging.getLogger(__name__)
-
-# Updates below this size are parsed (in place: no copy) and folded on the event loop, larger
-# ones in a thread: the check and add cost ~0.5 ms per MB, less than a thread hop under load.
-INLINE_FOLD_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -187,10 +184,7 @@ class TrainingRound:
         """
         async with self._lock:
             self._ensure_open()
-            if len(data) < INLINE_FOLD_BYTES:
-                self._parse_and_add([data], weight)
-            else:
-                await asyncio.to_thread(self._parse_and_add, [data], weight)
+            await off_loop_if_large(len(data), self._parse_and_add, [data], weight)
 
     def _parse_and_add(self, handed_over: list[bytes | memoryview], weight: float) -> None:
         # The payload comes in a list emptied here, so its last reference from this call ends
@@ -277,7 +271,11 @@ class TrainingRound:
             # Unrounded, in the accumulation dtypes: merging rounded means would not be exact
             # FedAvg for integer, bool and float16 tensors.
             # The round is over: its sums become the mean in place (no second model in memory).
-            mean = await asyncio.to_thread(self._accumulator.take_partial_mean)
+            size = sum(
+                math.prod(spec.shape) * spec.accumulation_dtype.itemsize
+                for spec in self._accumulator.specs.values()
+            )
+            mean = await off_loop_if_large(size, self._accumulator.take_partial_mean)
             return mean, total_weight, count
 
     def reports(self) -> list[network_pb2.ClientRoundReport]:

@@ -64,9 +64,7 @@ class CombinerServicer:
         )
         client.token_id = caller_token_id()
         log.info("client %s connected (%s, fedgrpc %s)", hello.name, context.peer(), hello.version)
-        interval, timeout = heartbeat_pace(
-            len(self._core.clients), self._interval, self._timeout, self._max_heartbeats
-        )
+        interval, timeout = self._pace()
         welcome = combiner_pb2.Welcome(
             combiner_name=self._core.name,
             heartbeat_interval=interval,
@@ -79,9 +77,8 @@ class CombinerServicer:
                 client,
                 request_iterator,
                 lambda m: self._on_message(client, m),
-                heartbeat=combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat()),
-                interval=interval,
-                timeout=timeout,
+                heartbeat=_heartbeat,
+                pace=self._pace,
             ):
                 yield message
         finally:
@@ -89,6 +86,12 @@ class CombinerServicer:
             log.info(
                 "client %s disconnected: %s", client.name, client.close_reason or "stream ended"
             )
+
+    def _pace(self) -> tuple[float, float]:
+        """Every client's heartbeat interval and timeout at the current number of clients."""
+        return heartbeat_pace(
+            len(self._core.clients), self._interval, self._timeout, self._max_heartbeats
+        )
 
     def _on_message(self, client: ClientConnection, message: combiner_pb2.ClientMessage) -> None:
         """Pass on a message whose ids and metadata pass the limits; drop (and log) others."""
@@ -103,13 +106,18 @@ class CombinerServicer:
 def heartbeat_pace(
     clients: int, interval: float, timeout: float, max_per_second: float
 ) -> tuple[float, float]:
-    """The heartbeat interval and timeout for the client that makes ``clients`` connected:
-    the configured ones while ``clients / interval`` stays within ``max_per_second``, else
-    both stretched by the same factor. Clients already connected keep what they were told, so the
-    combiner's total stays within about ``max_per_second * (1 + ln(clients / (interval *
-    max_per_second)))`` heartbeats a second."""
+    """The heartbeat interval and timeout of each of ``clients`` clients: the configured ones
+    while ``clients / interval`` stays within ``max_per_second``, else both stretched by the
+    same factor. The combiner tells every client its pace again on each heartbeat, so the
+    total stays near ``max_per_second`` as clients come and go."""
     stretch = max(1.0, clients / (interval * max_per_second))
     return interval * stretch, timeout * stretch
+
+
+def _heartbeat(interval: float, timeout: float) -> combiner_pb2.ServerMessage:
+    return combiner_pb2.ServerMessage(
+        heartbeat=combiner_pb2.Heartbeat(interval=interval, timeout=timeout)
+    )
 
 
 @validate_requests

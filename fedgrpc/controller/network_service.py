@@ -11,11 +11,12 @@ from fedgrpc.controller.network import Network
 from fedgrpc.controller.registry import CombinerLinkState
 from fedgrpc.errors import FedgrpcError
 from fedgrpc.proto.network.v1 import network_pb2, network_pb2_grpc
-from fedgrpc.rpc.streams import first_message, pump
+from fedgrpc.rpc.streams import first_message, fixed_pace, pump
 from fedgrpc.security.identity import caller_token_id, check_acting_as
 from fedgrpc.security.limits import validate_fields, validate_requests
 
 log = logging.getLogger(__name__)
+_HEARTBEAT = network_pb2.ControllerCommand(heartbeat=network_pb2.ControllerHeartbeat())
 
 
 @validate_requests
@@ -52,11 +53,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
                 link,
                 request_iterator,
                 lambda report: _checked(link, report, network.handle_report),
-                heartbeat=network_pb2.ControllerCommand(
-                    heartbeat=network_pb2.ControllerHeartbeat()
-                ),
-                interval=config.heartbeat_interval,
-                timeout=config.heartbeat_timeout,
+                heartbeat=lambda *_: _HEARTBEAT,
+                pace=fixed_pace(config.heartbeat_interval, config.heartbeat_timeout),
             ):
                 yield command
         finally:

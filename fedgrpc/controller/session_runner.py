@@ -98,26 +98,24 @@ class SessionRunner:
                 return "failed", f"{failures_in_row} rounds in a row failed"
         return "finished", ""
 
-    async def _next_round_number(self) -> int:
-        rounds = await asyncio.to_thread(
-            self.store.rounds.list,
-            session_id=self.id,
-            limit=1,
-            sort_key="round_number",
-            sort_order="desc",
+    def _create_round_record(self) -> Record:
+        """The next round's record, numbered after the session's last one (blocking)."""
+        rounds = self.store.rounds.list(
+            session_id=self.id, limit=1, sort_key="round_number", sort_order="desc"
         )
-        return int(rounds["result"][0]["round_number"]) + 1 if rounds["result"] else 1
-
-    async def _run_round(self) -> bool:
-        number = await self._next_round_number()
-        record = await asyncio.to_thread(
-            self.store.rounds.create,
+        number = int(rounds["result"][0]["round_number"]) + 1 if rounds["result"] else 1
+        return self.store.rounds.create(
             session_id=self.id,
             round_number=number,
             status="running",
             model_id=self.session["model_id"],
         )
-        self._round = RoundRecord(id=record["id"], number=number)
+
+    async def _run_round(self) -> bool:
+        # Worker-thread hops are on every round's critical path (each ~0.25 ms of CPU and two
+        # wake-ups): the blocking steps are grouped, two hops before dispatch became one.
+        record = await asyncio.to_thread(self._create_round_record)
+        self._round = RoundRecord(id=record["id"], number=int(record["round_number"]))
         try:
             outcome = await self._train(self._round)
             model_id = await self._commit(self._round, outcome)
@@ -262,12 +260,22 @@ class SessionRunner:
         return outcome
 
     async def _commit(self, round_: RoundRecord, outcome: ReduceOutcome) -> str:
-        """Store the new model, then its record, then move the session to it (crash-safe order)."""
+        """Store the new model, then its record, then move the session to it, then mark the
+        round a success (crash-safe order), in one worker-thread hop: each hop is two
+        wake-ups on the critical path of every round."""
         model_id = uuid.uuid4().hex
-        # One worker-thread hop for the three writes: each hop is a thread wake-up on the
-        # critical path of every round.
-        stored = await asyncio.to_thread(self._store_model, model_id, round_, outcome)
+        stored, self.session = await asyncio.to_thread(
+            self._commit_blocking, model_id, round_, outcome
+        )
         self._inline_model.remember(model_id, outcome.model_bytes, stored.sha256)
+        log.info("session %s round %d success", self.id, round_.number)
+        return model_id
+
+    def _commit_blocking(
+        self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
+    ) -> tuple[StoredModel, Record]:
+        stored = self._store_model(model_id, round_, outcome)
+        models = self.network.models
         fields: dict[str, Any] = {
             "model_id": model_id,
             "rounds_completed": int(self.session["rounds_completed"]) + 1,
@@ -275,20 +283,20 @@ class SessionRunner:
         old_state = self.session.get("aggregator_state_id")
         if outcome.state_bytes is not None:
             fields["aggregator_state_id"] = f"state-{uuid.uuid4().hex}"
-            await asyncio.to_thread(
-                self.network.models.put_bytes, fields["aggregator_state_id"], outcome.state_bytes
-            )
-        await self._save(**fields)
+            models.put_bytes(fields["aggregator_state_id"], outcome.state_bytes)
+        session = self.store.sessions.update(self.id, **fields)
         if old_state and outcome.state_bytes is not None:
-            await asyncio.to_thread(self.network.models.delete, old_state)
-        await self._finish_round(
-            round_,
-            "success",
+            models.delete(old_state)
+        self.store.rounds.update(
+            round_.id,
+            status="success",
+            combiners=round_.combiners,
+            duration_seconds=time.monotonic() - round_.started,
             committed_model_id=model_id,
             num_updates=outcome.num_updates,
             total_weight=outcome.total_weight,
         )
-        return model_id
+        return stored, session
 
     def _store_model(
         self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
@@ -332,9 +340,12 @@ class SessionRunner:
     async def _drop_partials(self, round_: RoundRecord) -> None:
         for partial_id in round_.partial_ids:
             self.network.partial_digests.pop(partial_id, None)
-        if self.config.get("delete_models", True):
-            for partial_id in round_.partial_ids:
-                await asyncio.to_thread(self.network.models.delete, partial_id)
+        if self.config.get("delete_models", True) and round_.partial_ids:
+            await asyncio.to_thread(self._delete_models, list(round_.partial_ids))
+
+    def _delete_models(self, model_ids: list[str]) -> None:
+        for model_id in model_ids:
+            self.network.models.delete(model_id)
 
     async def _validate(self, round_: RoundRecord, model_id: str) -> None:
         links = [link for link in self.network.registry.online() if link.clients]

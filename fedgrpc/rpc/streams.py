@@ -65,18 +65,24 @@ async def first_message(requests: AsyncIterator[In], field: str, what: str) -> A
     return getattr(first, field)
 
 
+Pace = Callable[[], tuple[float, float]]
+"""The heartbeat interval and silence timeout of a stream, asked again before every beat."""
+
+
 async def pump(
     peer: StreamPeer[Out],
     requests: AsyncIterator[In],
     on_message: Callable[[In], None],
     *,
-    heartbeat: Out,
-    interval: float,
-    timeout: float,
+    heartbeat: Callable[[float, float], Out],
+    pace: Pace,
 ) -> AsyncIterator[Out]:
-    """Yield the peer's outbox until it closes; read and pace the stream meanwhile."""
+    """Yield the peer's outbox until it closes; read and pace the stream meanwhile.
+
+    ``heartbeat(interval, timeout)`` builds each beat, so a beat can tell the peer a new pace.
+    """
     reader = asyncio.ensure_future(_read(peer, requests, on_message))
-    pacer = asyncio.ensure_future(_pace(peer, heartbeat, interval, timeout))
+    pacer = asyncio.ensure_future(_pace(peer, heartbeat, pace))
     try:
         while (message := await peer.outbox.get()) is not None:
             yield message
@@ -102,13 +108,25 @@ async def _read(
         peer.close("internal error while handling a message")
 
 
-async def _pace(peer: StreamPeer[Out], heartbeat: Out, interval: float, timeout: float) -> None:
+async def _pace(
+    peer: StreamPeer[Out], heartbeat: Callable[[float, float], Out], pace: Pace
+) -> None:
+    interval, timeout = pace()
+    # The peer may still be beating at the slowest pace it was told: never enforce less.
+    enforced = timeout
     while True:
         await asyncio.sleep(interval)
-        if peer.silent_for() > timeout:
-            peer.close(f"{SILENCE_PREFIX} from {peer.name} for {timeout:g}s")
+        if peer.silent_for() > enforced:
+            peer.close(f"{SILENCE_PREFIX} from {peer.name} for {enforced:g}s")
             return
-        peer.send(heartbeat)
+        interval, timeout = pace()
+        enforced = max(enforced, timeout)
+        peer.send(heartbeat(interval, timeout))
+
+
+def fixed_pace(interval: float, timeout: float) -> Pace:
+    """A pace that never changes."""
+    return lambda: (interval, timeout)
 
 
 def close_streams_of_token(peers: Iterable[StreamPeer[Any]], token_id: str) -> int:

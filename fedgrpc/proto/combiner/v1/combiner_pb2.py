@@ -26,7 +26,7 @@ from fedgrpc.proto.messaging.v1 import messaging_pb2 as fedgrpc_dot_messaging_do
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedgrpc/combiner/v1/combiner.proto\x12\x13\x66\x65\x64grpc.combiner.v1\x1a$fedgrpc/messaging/v1/messaging.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xc6\x03\n\rClientMessage\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .fedgrpc.combiner.v1.ClientHelloH\x00\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.HeartbeatH\x00\x12\x36\n\x0btask_failed\x18\x03 \x01(\x0b\x32\x1f.fedgrpc.combiner.v1.TaskFailedH\x00\x12;\n\nvalidation\x18\x04 \x01(\x0b\x32%.fedgrpc.combiner.v1.ValidationResultH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12(\n\x03\x61\x63k\x18\x0b \x01(\x0b\x32\x19.fedgrpc.messaging.v1.AckH\x00\x12?\n\x0f\x61nalysis_update\x18\x0c \x01(\x0b\x32$.fedgrpc.messaging.v1.AnalysisUpdateH\x00\x12\x32\n\x06update\x18\r \x01(\x0b\x32 .fedgrpc.combiner.v1.ModelUpdateH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x0bModelUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"j\n\x0b\x43lientHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\x12\x1a\n\x12inline_model_bytes\x18\x05 \x01(\x04\"\x0b\n\tHeartbeat\".\n\nTaskFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"_\n\x10ValidationResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12(\n\x07metrics\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf8\x03\n\rServerMessage\x12/\n\x07welcome\x18\x01 \x01(\x0b\x32\x1c.fedgrpc.combiner.v1.WelcomeH\x00\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.HeartbeatH\x00\x12/\n\x05train\x18\x03 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.TrainTaskH\x00\x12\x35\n\x08validate\x18\x04 \x01(\x0b\x32!.fedgrpc.combiner.v1.ValidateTaskH\x00\x12\x31\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.combiner.v1.CancelTaskH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12\x30\n\x07receipt\x18\x0b \x01(\x0b\x32\x1d.fedgrpc.messaging.v1.ReceiptH\x00\x12<\n\x0estart_analysis\x18\x0c \x01(\x0b\x32\".fedgrpc.messaging.v1.AnalysisTaskH\x00\x12;\n\rstop_analysis\x18\r \x01(\x0b\x32\".fedgrpc.messaging.v1.StopAnalysisH\x00\x42\x06\n\x04kind\"s\n\x07Welcome\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x03 \x01(\x01\x12\x1a\n\x12inline_model_bytes\x18\x04 \x01(\x04\"\xcb\x01\n\tTrainTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x14\n\x0cround_number\x18\x04 \x01(\r\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12)\n\x08settings\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\r\n\x05model\x18\x08 \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\"\x8d\x01\n\x0cValidateTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\x07 \x01(\t\"-\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2h\n\x0f\x43ombinerService\x12U\n\x07\x43onnect\x12\".fedgrpc.combiner.v1.ClientMessage\x1a\".fedgrpc.combiner.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedgrpc/combiner/v1/combiner.proto\x12\x13\x66\x65\x64grpc.combiner.v1\x1a$fedgrpc/messaging/v1/messaging.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xc6\x03\n\rClientMessage\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .fedgrpc.combiner.v1.ClientHelloH\x00\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.HeartbeatH\x00\x12\x36\n\x0btask_failed\x18\x03 \x01(\x0b\x32\x1f.fedgrpc.combiner.v1.TaskFailedH\x00\x12;\n\nvalidation\x18\x04 \x01(\x0b\x32%.fedgrpc.combiner.v1.ValidationResultH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12(\n\x03\x61\x63k\x18\x0b \x01(\x0b\x32\x19.fedgrpc.messaging.v1.AckH\x00\x12?\n\x0f\x61nalysis_update\x18\x0c \x01(\x0b\x32$.fedgrpc.messaging.v1.AnalysisUpdateH\x00\x12\x32\n\x06update\x18\r \x01(\x0b\x32 .fedgrpc.combiner.v1.ModelUpdateH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x0bModelUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"j\n\x0b\x43lientHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\x12\x1a\n\x12inline_model_bytes\x18\x05 \x01(\x04\".\n\tHeartbeat\x12\x10\n\x08interval\x18\x01 \x01(\x01\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\".\n\nTaskFailed\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"_\n\x10ValidationResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12(\n\x07metrics\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf8\x03\n\rServerMessage\x12/\n\x07welcome\x18\x01 \x01(\x0b\x32\x1c.fedgrpc.combiner.v1.WelcomeH\x00\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.HeartbeatH\x00\x12/\n\x05train\x18\x03 \x01(\x0b\x32\x1e.fedgrpc.combiner.v1.TrainTaskH\x00\x12\x35\n\x08validate\x18\x04 \x01(\x0b\x32!.fedgrpc.combiner.v1.ValidateTaskH\x00\x12\x31\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1f.fedgrpc.combiner.v1.CancelTaskH\x00\x12\x31\n\x07message\x18\n \x01(\x0b\x32\x1e.fedgrpc.messaging.v1.EnvelopeH\x00\x12\x30\n\x07receipt\x18\x0b \x01(\x0b\x32\x1d.fedgrpc.messaging.v1.ReceiptH\x00\x12<\n\x0estart_analysis\x18\x0c \x01(\x0b\x32\".fedgrpc.messaging.v1.AnalysisTaskH\x00\x12;\n\rstop_analysis\x18\r \x01(\x0b\x32\".fedgrpc.messaging.v1.StopAnalysisH\x00\x42\x06\n\x04kind\"s\n\x07Welcome\x12\x15\n\rcombiner_name\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x19\n\x11heartbeat_timeout\x18\x03 \x01(\x01\x12\x1a\n\x12inline_model_bytes\x18\x04 \x01(\x04\"\xcb\x01\n\tTrainTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x14\n\x0cround_number\x18\x04 \x01(\r\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12)\n\x08settings\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\r\n\x05model\x18\x08 \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\t \x01(\t\"\x8d\x01\n\x0cValidateTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\x0c\x12\x14\n\x0cmodel_sha256\x18\x07 \x01(\t\"-\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2h\n\x0f\x43ombinerService\x12U\n\x07\x43onnect\x12\".fedgrpc.combiner.v1.ClientMessage\x1a\".fedgrpc.combiner.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTHELLO']._serialized_start=729
   _globals['_CLIENTHELLO']._serialized_end=835
   _globals['_HEARTBEAT']._serialized_start=837
-  _globals['_HEARTBEAT']._serialized_end=848
-  _globals['_TASKFAILED']._serialized_start=850
-  _globals['_TASKFAILED']._serialized_end=896
-  _globals['_VALIDATIONRESULT']._serialized_start=898
-  _globals['_VALIDATIONRESULT']._serialized_end=993
-  _globals['_SERVERMESSAGE']._serialized_start=996
-  _globals['_SERVERMESSAGE']._serialized_end=1500
-  _globals['_WELCOME']._serialized_start=1502
-  _globals['_WELCOME']._serialized_end=1617
-  _globals['_TRAINTASK']._serialized_start=1620
-  _globals['_TRAINTASK']._serialized_end=1823
-  _globals['_VALIDATETASK']._serialized_start=1826
-  _globals['_VALIDATETASK']._serialized_end=1967
-  _globals['_CANCELTASK']._serialized_start=1969
-  _globals['_CANCELTASK']._serialized_end=2014
-  _globals['_COMBINERSERVICE']._serialized_start=2016
-  _globals['_COMBINERSERVICE']._serialized_end=2120
+  _globals['_HEARTBEAT']._serialized_end=883
+  _globals['_TASKFAILED']._serialized_start=885
+  _globals['_TASKFAILED']._serialized_end=931
+  _globals['_VALIDATIONRESULT']._serialized_start=933
+  _globals['_VALIDATIONRESULT']._serialized_end=1028
+  _globals['_SERVERMESSAGE']._serialized_start=1031
+  _globals['_SERVERMESSAGE']._serialized_end=1535
+  _globals['_WELCOME']._serialized_start=1537
+  _globals['_WELCOME']._serialized_end=1652
+  _globals['_TRAINTASK']._serialized_start=1655
+  _globals['_TRAINTASK']._serialized_end=1858
+  _globals['_VALIDATETASK']._serialized_start=1861
+  _globals['_VALIDATETASK']._serialized_end=2002
+  _globals['_CANCELTASK']._serialized_start=2004
+  _globals['_CANCELTASK']._serialized_end=2049
+  _globals['_COMBINERSERVICE']._serialized_start=2051
+  _globals['_COMBINERSERVICE']._serialized_end=2155
 # @@protoc_insertion_point(module_scope)

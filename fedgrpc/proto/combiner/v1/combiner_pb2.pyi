@@ -183,12 +183,23 @@ class Heartbeat(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    interval: _builtins.float
+    """Set on the combiner's heartbeats (0 on a client's): the heartbeat interval and timeout the
+    client keeps from now on, as in Welcome. The combiner stretches them as clients join, so
+    its clients' heartbeats stay near max_client_heartbeats_per_second.
+    """
+    timeout: _builtins.float
     def __init__(
         self,
+        *,
+        interval: _builtins.float = ...,
+        timeout: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,7 +328,8 @@ class Welcome(_message.Message):
     combiner_name: _builtins.str
     heartbeat_interval: _builtins.float
     """Seconds between heartbeats the combiner expects (the client beats at this pace). Longer
-    than configured when the combiner has many clients (max_client_heartbeats_per_second).
+    than configured when the combiner has many clients (max_client_heartbeats_per_second);
+    later heartbeats from the combiner may change it (Heartbeat.interval).
     """
     heartbeat_timeout: _builtins.float
     """Seconds of silence after which the combiner drops the client (stretched alike)."""
