@@ -200,9 +200,10 @@ class CombinerConfig(TransferLimits, TlsSettings):
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     # Client heartbeats per second the combiner asks for at most: once more clients are
-    # connected than heartbeat_interval x this, each new client is asked to beat less often
-    # (its timeout scaled alike). Every heartbeat costs both ends a message; at 16,000 clients
-    # beating every 5 s they took most of a 2-core machine.
+    # connected than heartbeat_interval x this, every client is asked to beat less often
+    # (timeouts scaled alike; see fedgrpc.combiner.services.heartbeat_pace). Every heartbeat
+    # costs both ends a message; at 16,000 clients beating every 5 s they took most of a
+    # 2-core machine.
     max_client_heartbeats_per_second: float = 200.0
     log_level: str = "INFO"
     insecure: bool = False
@@ -245,6 +246,7 @@ class ClientConfig(TransferLimits, TlsSettings):
     controller: str = f"127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
     name: str | None = None
     preferred_combiner: str | None = None
+    # Used only with a combiner that announces no pace; fedgrpc's combiners set it.
     heartbeat_interval: float = 5.0
     # Reconnect backoff: base * 2**attempt, capped, with full jitter.
     reconnect_base_delay: float = 0.2

@@ -164,7 +164,8 @@ class WeightedMeanAccumulator:
 
     def take_partial_mean(self) -> Arrays:
         """:meth:`partial_mean` computed in place over the sums, which it hands over: no second
-        model in memory. The accumulator is empty afterwards (as after :meth:`reset`)."""
+        model in memory (but for the narrowing copy of sums widened to float64). The
+        accumulator is empty afterwards (as after :meth:`reset`)."""
         with self._lock:
             if self._sums is None:
                 raise FailedPrecondition("the accumulator is empty: add an update first")
