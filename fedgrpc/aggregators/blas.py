@@ -39,10 +39,11 @@ def axpy(alpha: float, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> bool:
     """``y += alpha * x`` in place for C-contiguous float32/float64 arrays of one shape and
     dtype. Returns False (and changes nothing) when BLAS cannot do it; the caller falls back."""
     blas = _blas()
-    function = None if blas is None else blas.axpy.get(y.dtype)
-    if function is None or not _fits(x, y):
+    if blas is None or not _fits(x, y):
         return False
-    assert blas is not None
+    function = blas.axpy.get(y.dtype)
+    if function is None:
+        return False
     with _THREADS_LOCK:
         threads = blas.get_threads()
         if threads != 1:
