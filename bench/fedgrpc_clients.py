@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import NUM_EXAMPLES, train_step
+from fedgrpc.allocator import tune_allocator
 from fedgrpc.client.node import Client
 from fedgrpc.config import ClientConfig
 from fedgrpc.security.keystore import mint_token
@@ -91,6 +92,7 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tune_allocator()  # as `fedgrpc client start` and Client.run() do
     asyncio.run(
         run_clients(
             args.controller,

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import click
 
+from fedgrpc.allocator import tune_allocator
+
 F = TypeVar("F", bound=Callable[..., Any])
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -130,6 +132,7 @@ async def run_until_signalled(
     the daemon with that error; on a signal, ``stop`` asks it to finish and it gets a few
     seconds to do so.
     """
+    tune_allocator()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from fedgrpc._version import __version__
+from fedgrpc.allocator import tune_allocator
 from fedgrpc.backoff import Backoff
 from fedgrpc.client.entry import TrainFn, ValidateFn
 from fedgrpc.client.host import AnalysisHost
@@ -108,7 +109,9 @@ class Client:
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until stopped (Ctrl-C) or a fatal error."""
+        """Run until stopped (Ctrl-C) or a fatal error; this process's allocator is tuned
+        for model-sized buffers first (:func:`fedgrpc.allocator.tune_allocator`)."""
+        tune_allocator()
         asyncio.run(self.run_async())
 
     async def run_async(self) -> None:
