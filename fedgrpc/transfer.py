@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from fedgrpc.errors import InvalidArgument
 from fedgrpc.model.chunking import (
@@ -179,8 +180,32 @@ def dict_to_struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(struct)
-    return result
+    """A Struct as plain Python values; numbers read as floats, as JSON has them.
+
+    Non-finite numbers (a diverged model's loss) read as the strings "NaN", "Infinity" and
+    "-Infinity", the names proto3's JSON mapping gives them: neither JSON nor the statestore
+    holds such numbers, and refusing them would lose the whole report they came in.
+    """
+    return {key: _plain_value(value) for key, value in struct.fields.items()}
+
+
+def _plain_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return number if math.isfinite(number) else _NON_FINITE_NAMES[str(number)]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(item) for item in value.list_value.values]
+    return None  # null_value, or a Value left unset
+
+
+_NON_FINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def model_stream(

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from fedgrpc.background import BackgroundTasks
 from fedgrpc.client.analysis import (
     EXECUTING,
     FAILED,
@@ -89,7 +90,7 @@ class AnalysisHost:
         self._channel: grpc.aio.Channel | None = None
         self._start_lock = asyncio.Lock()
         self._started_events: dict[str, asyncio.Event] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks("analysis host")
         # Test-only hook: this many acks are dropped instead of sent, so a test can make the
         # controller deliver a message again (tests/flame/test_sdk_network.py). Always 0 in
         # production; nothing outside tests sets it.
@@ -100,10 +101,7 @@ class AnalysisHost:
             self.uplink.send(lost_report(lost))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        # Keep a reference: the loop holds tasks weakly, and a collected task just vanishes.
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coroutine)
 
     @property
     def public_key(self) -> bytes:

@@ -6,13 +6,13 @@ link's outbox) and uploads partial aggregates through ``upload_partial``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fedgrpc.aggregators import ArraySpec, get_aggregator
+from fedgrpc.background import BackgroundTasks
 from fedgrpc.combiner.analyses import analysis_report, route_of
 from fedgrpc.combiner.clients import ClientConnection, ClientRegistry
 from fedgrpc.combiner.models import CachedModel, ModelCache
@@ -78,7 +78,7 @@ class CombinerCore:
         self._validations: set[ValidationPass] = set()
         self._closed_tasks: deque[str] = deque(maxlen=_CLOSED_TASK_MEMORY)
         self._closed_task_set: set[str] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks("combiner")
 
     # --- clients --------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class CombinerCore:
             if isinstance(work, ValidationPass):
                 work.result(message.validation.task_id, message.validation)
         elif kind == "update":
-            self._spawn(self._inline_update(client, message.update))
+            self._background.spawn(self._inline_update(client, message.update))
         elif kind in _FROM_NODES:
             self._report(analysis_report(client.name, message))
 
@@ -281,10 +281,10 @@ class CombinerCore:
     # --- rounds ---------------------------------------------------------------------------
 
     def start_round(self, assignment: network_pb2.RoundAssignment) -> None:
-        self._spawn(self._run_round(assignment))
+        self._background.spawn(self._run_round(assignment))
 
     def start_validation(self, assignment: network_pb2.ValidationAssignment) -> None:
-        self._spawn(self._run_validation(assignment))
+        self._background.spawn(self._run_validation(assignment))
 
     def cancel_round(self, round_id: str, reason: str) -> None:
         round_ = self._rounds.get(round_id)
@@ -404,17 +404,10 @@ class CombinerCore:
         )
         self._report(network_pb2.CombinerReport(status=event))
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def shutdown(self) -> None:
         self.cancel_all("combiner shutting down")
         self.clients.close_all("combiner shutting down")
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.cancel_all()
         self.models.clear()
 
 

@@ -7,6 +7,7 @@ import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
+from fedgrpc.background import BackgroundTasks
 from fedgrpc.config import ControllerConfig
 from fedgrpc.controller.registry import CombinerLinkState, CombinerRegistry
 from fedgrpc.controller.writer import StateWriter
@@ -43,7 +44,7 @@ class Network:
         self.clients_changed = asyncio.Condition()
         # Issues and revokes tokens; None when the controller runs without authentication.
         self.authority: TokenAuthority | None = None
-        self._pending_notifications: set[asyncio.Task[None]] = set()
+        self._pending_notifications = BackgroundTasks("controller network")
         # Analyses (FLAME); set by the app once built. Reports are dispatched to them.
         self.broker: Broker | None = None
         self.analyses: Analyses | None = None
@@ -228,9 +229,7 @@ class Network:
             self.writer.submit(lambda: self.models.delete(model_id))
 
     def _notify_soon(self) -> None:
-        task = asyncio.ensure_future(self._notify_clients_changed())
-        self._pending_notifications.add(task)
-        task.add_done_callback(self._pending_notifications.discard)
+        self._pending_notifications.spawn(self._notify_clients_changed())
 
     async def _notify_clients_changed(self) -> None:
         async with self.clients_changed:

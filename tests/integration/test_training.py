@@ -18,7 +18,7 @@ from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
 from fedgrpc.security.tokens import Role
-from fedgrpc.transfer import upload_model
+from fedgrpc.transfer import struct_to_dict, upload_model
 from tests.integration.conftest import (
     LocalNetwork,
     constant_validate,
@@ -189,6 +189,45 @@ async def test_failing_train_is_reported_and_client_stays(local_network: LocalNe
     )
     assert events.count == 1
     assert "disk full" in events.result[0].message
+
+
+@pytest.mark.parametrize("inline_model_bytes", [None, 1024], ids=["inline", "model-service"])
+async def test_a_diverged_clients_non_finite_metrics_are_kept_by_name(
+    local_network: LocalNetwork, inline_model_bytes: int | None
+) -> None:
+    """A loss of inf or NaN is a report, not a malformed message: the update is folded and
+    the metrics are stored under proto3's JSON names (the model, finite, is still checked)."""
+    net = local_network
+    settings = {} if inline_model_bytes is None else {"inline_model_bytes": inline_model_bytes}
+    await net.add_combiner("alpha", **settings)
+
+    def diverged_train(model: list[np.ndarray], _: Any) -> tuple[Any, dict[str, Any]]:
+        return [a + 3 for a in model], {"num_examples": 100, "loss": float("inf")}
+
+    def diverged_validate(model: Any) -> dict[str, Any]:
+        return {"loss": float("nan"), "per_class": [0.5, float("-inf")]}
+
+    await net.add_client("steady", shift_train(1.0))
+    await net.add_client("diverged", diverged_train, diverged_validate)
+    await net.upload_seed([np.zeros(1000, dtype=np.float32)])
+    session_id = await net.start_session(rounds=1, round_timeout=20, validate=True)
+    session = await net.wait_session(session_id, timeout=15)
+    assert session.status == "finished", session.reason
+    (round_,) = await net.rounds(session_id)
+    assert round_.status == "success", round_.reason
+    assert {c.client_name: c.status for c in round_.combiners[0].clients} == {
+        "steady": "ok",
+        "diverged": "ok",
+    }
+    np.testing.assert_allclose((await net.download(session.model_id))["0"], [2.0] * 1000)
+
+    async def validation_of_diverged() -> list[dict[str, Any]]:
+        request = control_pb2.ListValidationsRequest(session_id=session_id)
+        found = (await net.control.ListValidations(request)).result
+        return [struct_to_dict(v.metrics) for v in found if v.sender_name == "diverged"]
+
+    found = await eventually(validation_of_diverged, what="the diverged client's validation")
+    assert found == [{"loss": "NaN", "per_class": [0.5, "-Infinity"]}]
 
 
 async def test_round_without_enough_updates_fails_and_policy_applies(
