@@ -24,7 +24,8 @@ async def test_a_failing_task_is_logged_with_its_owner_and_forgotten(
     assert len(tasks) == 0
     [record] = caplog.records
     assert "the test combiner" in record.getMessage()
-    assert record.exc_info is not None and "metadata held Infinity" in str(record.exc_info[1])
+    assert record.exc_info is not None
+    assert "metadata held Infinity" in str(record.exc_info[1])
 
 
 async def test_cancel_all_ends_running_tasks_without_logging_them(
@@ -42,5 +43,6 @@ async def test_cancel_all_ends_running_tasks_without_logging_them(
         await started.wait()
         assert len(tasks) == 1
         await tasks.cancel_all()
-    assert task.cancelled() and len(tasks) == 0
+    assert task.cancelled()
+    assert len(tasks) == 0
     assert caplog.records == []
