@@ -41,7 +41,7 @@ async def test_cancel_all_ends_running_tasks_without_logging_them(
     with caplog.at_level(logging.ERROR, logger="fedgrpc.background"):
         task = tasks.spawn(wait_forever())
         await started.wait()
-        assert len(tasks) == 1
+        assert list(tasks) == [task]
         await tasks.cancel_all()
     assert task.cancelled()
     assert len(tasks) == 0

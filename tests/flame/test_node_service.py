@@ -115,7 +115,7 @@ async def test_a_repeated_start_of_a_running_analysis_is_ignored(nodes: Nodes) -
     process, secret = state.process, state.secret
     before = set(host._background)
     start(nodes, "n1", "tests.flame.sample_analyses:hang")  # while it runs
-    await asyncio.wait_for(asyncio.gather(*(host._background - before)), 10)
+    await asyncio.wait_for(asyncio.gather(*(set(host._background) - before)), 10)
     assert (host.analyses["a1"].process, host.analyses["a1"].secret) == (process, secret)
     assert host._by_secret == {secret: "a1"}
     assert nodes.broker.statuses("n1") == ["started", "executing"]
