@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,36 @@ from fedgrpc.aggregators import finite
 from fedgrpc.aggregators.finite import all_finite
 
 FLOATS: list[type[np.floating[Any]]] = [np.float16, np.float32, np.float64]
-BLOCK = finite._DOT_BLOCK
+# Block boundaries are tested with short dots; the real length is checked once below.
+BLOCK = 1024
+
+
+@pytest.fixture(autouse=True)
+def short_dots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finite, "_DOT_BLOCK", BLOCK)
+
+
+def test_a_bad_element_past_the_first_full_length_dot_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.undo()
+    length = finite._DOT_BLOCK
+    array = np.ones(length + 5, dtype=np.float32)
+    assert all_finite(array)
+    array[length + 1] = np.inf
+    assert not all_finite(array)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_the_zeros_are_read_only_and_take_no_memory_when_read() -> None:
+    def resident_bytes() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * mmap.PAGESIZE
+
+    before = resident_bytes()
+    zeros = finite._zeros(np.dtype(np.float64), 8 * 1024 * 1024)  # 64 MiB
+    assert not zeros.any()
+    assert resident_bytes() - before < 8 * 1024 * 1024
+    assert not zeros.flags.writeable
 
 
 def test_the_linked_blas_propagates_nan_through_a_dot_with_zeros() -> None:
