@@ -2,7 +2,7 @@
 
 ``grpc``: fedgrpc's server factory serving a ModelService built from the same transfer code
 the combiner uses (:func:`fedgrpc.transfer.receive_model` for uploads,
-:func:`fedgrpc.transfer.model_stream` with a known sha256 for downloads), holding one payload
+:func:`fedgrpc.transfer.model_stream` with a known digest for downloads), holding one payload
 in memory. ``socket``: a plain TCP server that receives ``size`` bytes into a buffer and
 sends them back on request. Each prints its port as a JSON ready line.
 """
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import model_digest
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.server import Service, service_name, start_server
 from fedgrpc.transfer import Chunk, add_model_service, encoded_model_stream, receive_model
@@ -33,7 +33,7 @@ class MemoryModelServicer:
 
     def __init__(self, size: int) -> None:
         self._data = os.urandom(size)
-        self._sha256 = sha256_hex(self._data)
+        self._digest = model_digest(self._data)
 
     async def Upload(  # noqa: N802 - the RPC's name
         self,
@@ -43,13 +43,13 @@ class MemoryModelServicer:
         # Into one buffer, as the combiner receives updates.
         received = await receive_model(request_iterator, max_size=MAX_MODEL, mutable=True)
         return model_pb2.UploadResponse(
-            model_id="upload", size=len(received.data), sha256=received.header.sha256
+            model_id="upload", size=len(received.data), digest=received.header.digest
         )
 
     async def Download(  # noqa: N802 - the RPC's name
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        header = model_pb2.ModelHeader(model_id=request.model_id, sha256=self._sha256)
+        header = model_pb2.ModelHeader(model_id=request.model_id, digest=self._digest)
         for message in encoded_model_stream(self._data, header=header):
             yield message
 

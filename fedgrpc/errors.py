@@ -93,7 +93,7 @@ class TruncatedStream(DataLoss):
 
 
 class ChecksumMismatch(DataLoss):
-    """The sha256 of the received bytes differs from the one announced."""
+    """The digest of the received bytes differs from the one announced."""
 
 
 class PayloadTooLarge(ResourceExhausted):

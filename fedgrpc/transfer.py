@@ -1,14 +1,14 @@
 """Chunked model transfer over ``fedgrpc.model.v1.ModelService``, both ends.
 
-A stream is one header (id, total size, chunk size, sha256, round/task tags, metadata) followed
-by data chunks. Receivers check the size limit as bytes arrive and the sha256 at the end, so a
-truncated, corrupted or oversized upload is refused without ever being stored.
+A stream is one header (id, total size, chunk size, digest, round/task tags, metadata) followed
+by data chunks. Receivers check the size limit as bytes arrive and the BLAKE3 digest at the end
+(see :mod:`fedgrpc.model.chunking`), so a truncated, corrupted or oversized upload is refused
+without ever being stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,11 +20,12 @@ from google.protobuf import struct_pb2
 
 from fedgrpc.errors import InvalidArgument
 from fedgrpc.model.chunking import (
+    BLAKE3,
     DEFAULT_CHUNK_SIZE,
     BufferAssembler,
     ChunkAssembler,
     iter_chunks,
-    sha256_hex,
+    model_digest,
 )
 from fedgrpc.model.digest import DigestBehind
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
@@ -35,7 +36,7 @@ from fedgrpc.rpc.wire import read_varint, varint
 # Payloads from this size on are joined off the event loop: below it a thread hop costs more
 # than the work.
 _OFFLOAD_JOIN_BYTES = 8 * 1024 * 1024
-# A whole payload below this size is hashed on the event loop: under 2 ms of sha256, less
+# A whole payload below this size is hashed on the event loop: under 1 ms of BLAKE3, less
 # than the thread wake-ups of handing it over when the machine is busy.
 _INLINE_PAYLOAD_BYTES = 2 * 1024 * 1024
 
@@ -153,7 +154,7 @@ def add_model_service(servicer: ModelServicer, server: grpc.aio.Server) -> None:
 # --- streams ---------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class ReceivedModel:
-    """A verified upload: its header and its bytes (sha256 and size already checked).
+    """A verified upload: its header and its bytes (digest and size already checked).
 
     ``data`` is a writeable ``memoryview`` when received with ``mutable=True``: the receiver
     owns it and may parse it in place.
@@ -214,9 +215,9 @@ def model_stream(
     header: model_pb2.ModelHeader,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Iterable[model_pb2.ModelChunk]:
-    """The messages of one model stream: the header (size and sha256 filled in), then data.
+    """The messages of one model stream: the header (size and digest filled in), then data.
 
-    A header that already carries the sha256 (a cached model) is trusted, saving a full pass
+    A header that already carries the digest (a cached model) is trusted, saving a full pass
     over the bytes for every download.
     """
     view = memoryview(data)
@@ -232,8 +233,8 @@ def _complete_header(
     complete.CopyFrom(header)
     complete.total_size = view.nbytes
     complete.chunk_size = chunk_size
-    if not complete.sha256:
-        complete.sha256 = sha256_hex(view)
+    if not complete.digest:
+        complete.digest = model_digest(view)
     return complete
 
 
@@ -262,7 +263,7 @@ async def upload_model(
 ) -> model_pb2.UploadResponse:
     """Upload ``data`` and return the receiver's acknowledgement (typed errors on failure).
 
-    Through a :class:`ModelTransferStub`, a large payload whose header has no sha256 is hashed
+    Through a :class:`ModelTransferStub`, a large payload whose header has no digest is hashed
     while it is sent and its digest goes in the trailer; otherwise the header carries it.
     """
     messages: AsyncIterator[model_pb2.ModelChunk | bytes]
@@ -286,17 +287,17 @@ async def _encoded_upload(
     data: bytes | bytearray | memoryview, header: model_pb2.ModelHeader, chunk_size: int
 ) -> AsyncIterator[bytes]:
     view = memoryview(data)
-    if header.sha256 or view.nbytes < _INLINE_PAYLOAD_BYTES:
+    if header.digest or view.nbytes < _INLINE_PAYLOAD_BYTES:
         for message in encoded_model_stream(view, header=header, chunk_size=chunk_size):
             yield message
         return
-    # Each chunk is hashed in a worker thread (sha256 drops the GIL) while gRPC sends the
+    # Each chunk is hashed in a worker thread (BLAKE3 drops the GIL) while gRPC sends the
     # previous one: hashing first cost a full pass (~0.1 s per 100 MB) before the first byte.
     announced = model_pb2.ModelHeader()
     announced.CopyFrom(header)
     announced.total_size, announced.chunk_size = view.nbytes, chunk_size
     yield model_pb2.ModelChunk(header=announced).SerializeToString()
-    hasher = hashlib.sha256()
+    hasher = BLAKE3.new()
     hashing = DigestBehind()
     try:
         for chunk in iter_chunks(view, chunk_size):
@@ -305,7 +306,7 @@ async def _encoded_upload(
         await hashing.done()
     finally:
         hashing.close()  # the call failed or was cancelled mid-stream
-    trailer = model_pb2.ModelTrailer(sha256=hasher.hexdigest())
+    trailer = model_pb2.ModelTrailer(digest=hasher.hexdigest())
     yield model_pb2.ModelChunk(trailer=trailer).SerializeToString()
 
 
@@ -321,9 +322,9 @@ async def download_model(
     reuse: Reuse | None = None,
     mutable: bool = False,
 ) -> ReceivedModel:
-    """Download a model; its size and sha256 are verified against the header.
+    """Download a model; its size and digest are verified against the header.
 
-    ``reuse(sha256)`` may return bytes the caller already holds with the digest the header
+    ``reuse(digest)`` may return bytes the caller already holds with the digest the header
     announces: the download then stops after the header and returns those bytes. ``mutable``
     is :func:`receive_model`'s (one buffer, no join, returned as a writeable view).
     """
@@ -342,9 +343,9 @@ async def download_model(
 
 
 def _reusable(first: Chunk | None, reuse: Reuse) -> bytes | memoryview | None:
-    if first is None or not first.HasField("header") or len(first.header.sha256) != 64:
+    if first is None or not first.HasField("header") or len(first.header.digest) != 64:
         return None
-    known = reuse(first.header.sha256.lower())
+    known = reuse(first.header.digest.lower())
     if known is None or len(known) != first.header.total_size:
         return None
     return known
@@ -385,8 +386,8 @@ async def receive_model(
         await hashing.done()
     finally:
         hashing.close()  # the stream failed: the worker thread exits
-    if trailer and not header.sha256:
-        header = _with_sha256(header, trailer)
+    if trailer and not header.digest:
+        header = _with_digest(header, trailer)
     if isinstance(assembler, BufferAssembler) or assembler.received < _OFFLOAD_JOIN_BYTES:
         return ReceivedModel(header=header, data=assembler.finish())
     # Joining the chunks is a copy of the whole payload; bytes.join drops the GIL for it.
@@ -415,8 +416,8 @@ async def _read_stream(
         elif trailer:
             raise InvalidArgument("model stream goes on after its trailer; send it last")
         elif message.HasField("trailer"):
-            assembler.expect_sha256(message.trailer.sha256)
-            trailer = message.trailer.sha256.lower()
+            assembler.expect_digest(message.trailer.digest)
+            trailer = message.trailer.digest.lower()
         else:
             data = message.data
             hashing.then(assembler.add_deferred(data), len(data))
@@ -437,7 +438,7 @@ async def _start_stream(
     hashing.offload = header.total_size >= _INLINE_PAYLOAD_BYTES
     assembler = (BufferAssembler if mutable else ChunkAssembler)(
         expected_size=header.total_size,
-        expected_sha256=header.sha256 or None,
+        expected_digest=header.digest or None,
         max_size=max_size,
     )
     if isinstance(assembler, BufferAssembler) and hashing.offload:
@@ -445,10 +446,10 @@ async def _start_stream(
     return assembler
 
 
-def _with_sha256(header: model_pb2.ModelHeader, sha256: str) -> model_pb2.ModelHeader:
+def _with_digest(header: model_pb2.ModelHeader, digest: str) -> model_pb2.ModelHeader:
     completed = model_pb2.ModelHeader()
     completed.CopyFrom(header)
-    completed.sha256 = sha256
+    completed.digest = digest
     return completed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,10 +18,10 @@ from fedgrpc.errors import (
     TruncatedStream,
 )
 from fedgrpc.model import DEFAULT_CHUNK_SIZE, ChunkAssembler, StreamVerifier, iter_chunks
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import SHA256, model_digest, sha256_hex
 
 PAYLOAD = os.urandom(10_000)
-PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+PAYLOAD_DIGEST = blake3.blake3(PAYLOAD).hexdigest()
 
 
 def reassemble(chunks: list[bytes] | list[memoryview], **header: object) -> bytes:
@@ -35,10 +36,24 @@ def test_default_chunk_size_fits_grpc_default_message_limit() -> None:
     assert DEFAULT_CHUNK_SIZE < 4 * 1024 * 1024
 
 
-def test_sha256_hex_matches_hashlib() -> None:
-    assert sha256_hex(PAYLOAD) == PAYLOAD_SHA
-    assert sha256_hex(memoryview(PAYLOAD)) == PAYLOAD_SHA
+def test_model_digests_are_blake3_and_sha256_hex_is_hashlibs() -> None:
+    assert model_digest(PAYLOAD) == PAYLOAD_DIGEST
+    assert model_digest(memoryview(PAYLOAD)) == PAYLOAD_DIGEST
+    # BLAKE3's published test vector for the empty input.
+    assert model_digest(b"") == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert sha256_hex(PAYLOAD) == hashlib.sha256(PAYLOAD).hexdigest()
     assert sha256_hex(b"") == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_sha256_stream_is_checked_with_sha256() -> None:
+    verifier = StreamVerifier(expected_digest=sha256_hex(PAYLOAD), algorithm=SHA256)
+    verifier.update(PAYLOAD)
+    verifier.finish()
+    assert verifier.digest == hashlib.sha256(PAYLOAD).hexdigest()
+    as_blake3 = StreamVerifier(expected_digest=sha256_hex(PAYLOAD))
+    as_blake3.update(PAYLOAD)
+    with pytest.raises(ChecksumMismatch, match="blake3 mismatch"):
+        as_blake3.finish()
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000, 1024, 3333, 10_000, 10_001, DEFAULT_CHUNK_SIZE])
@@ -47,7 +62,7 @@ def test_chunks_round_trip_including_sizes_that_do_not_divide_the_payload(chunk_
     assert all(len(chunk) == chunk_size for chunk in chunks[:-1])
     assert 0 < len(chunks[-1]) <= chunk_size
     assert len(chunks) == -(-len(PAYLOAD) // chunk_size)
-    result = reassemble(chunks, expected_size=len(PAYLOAD), expected_sha256=PAYLOAD_SHA)
+    result = reassemble(chunks, expected_size=len(PAYLOAD), expected_digest=PAYLOAD_DIGEST)
     assert result == PAYLOAD
     assert isinstance(result, bytes)
     assert reassemble(chunks) == PAYLOAD
@@ -63,7 +78,7 @@ def test_iter_chunks_is_zero_copy() -> None:
 
 def test_iter_chunks_of_empty_payload_yields_nothing() -> None:
     assert list(iter_chunks(b"")) == []
-    assert reassemble([], expected_size=0, expected_sha256=sha256_hex(b"")) == b""
+    assert reassemble([], expected_size=0, expected_digest=model_digest(b"")) == b""
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1])
@@ -78,24 +93,24 @@ def test_truncated_stream_names_both_sizes() -> None:
         reassemble(chunks, expected_size=len(PAYLOAD))
 
 
-def test_wrong_sha_names_both_digests() -> None:
-    wrong = hashlib.sha256(b"something else").hexdigest()
+def test_a_wrong_digest_names_both_digests() -> None:
+    wrong = model_digest(b"something else")
     with pytest.raises(ChecksumMismatch) as caught:
-        reassemble(list(iter_chunks(PAYLOAD, 1000)), expected_sha256=wrong)
+        reassemble(list(iter_chunks(PAYLOAD, 1000)), expected_digest=wrong)
     assert wrong in str(caught.value)
-    assert PAYLOAD_SHA in str(caught.value)
+    assert PAYLOAD_DIGEST in str(caught.value)
 
 
 def test_corrupted_chunk_is_a_checksum_mismatch() -> None:
     chunks = [bytes(chunk) for chunk in iter_chunks(PAYLOAD, 1000)]
     chunks[3] = bytes([chunks[3][0] ^ 1]) + chunks[3][1:]
     with pytest.raises(ChecksumMismatch):
-        reassemble(chunks, expected_size=len(PAYLOAD), expected_sha256=PAYLOAD_SHA)
+        reassemble(chunks, expected_size=len(PAYLOAD), expected_digest=PAYLOAD_DIGEST)
 
 
 def test_uppercase_expected_sha_is_accepted() -> None:
     chunks = list(iter_chunks(PAYLOAD, 4096))
-    assert reassemble(chunks, expected_sha256=PAYLOAD_SHA.upper()) == PAYLOAD
+    assert reassemble(chunks, expected_digest=PAYLOAD_DIGEST.upper()) == PAYLOAD
 
 
 @pytest.mark.parametrize("limit_field", ["max_size", "expected_size"])
@@ -119,9 +134,9 @@ def test_announced_size_over_the_limit_is_refused_before_any_chunk() -> None:
     [
         {"expected_size": -1},
         {"max_size": -5},
-        {"expected_sha256": ""},
-        {"expected_sha256": "abc"},
-        {"expected_sha256": "g" * 64},
+        {"expected_digest": ""},
+        {"expected_digest": "abc"},
+        {"expected_digest": "g" * 64},
     ],
 )
 def test_invalid_header_values_are_invalid_argument(header: dict[str, object]) -> None:
@@ -129,14 +144,14 @@ def test_invalid_header_values_are_invalid_argument(header: dict[str, object]) -
         ChunkAssembler(**header)  # type: ignore[arg-type]
 
 
-def test_received_and_running_sha256() -> None:
+def test_received_and_running_digest() -> None:
     assembler = ChunkAssembler(expected_size=len(PAYLOAD))
     assembler.add(PAYLOAD[:4000])
     assert assembler.received == 4000
-    assert assembler.sha256 == hashlib.sha256(PAYLOAD[:4000]).hexdigest()
+    assert assembler.digest == model_digest(PAYLOAD[:4000])
     assembler.add(PAYLOAD[4000:])
     assembler.finish()
-    assert assembler.sha256 == PAYLOAD_SHA
+    assert assembler.digest == PAYLOAD_DIGEST
 
 
 def test_mutable_chunks_are_copied_on_add() -> None:
@@ -150,7 +165,7 @@ def test_mutable_chunks_are_copied_on_add() -> None:
 
 def test_tiny_chunks_are_coalesced() -> None:
     data = os.urandom(200_000)
-    assembler = ChunkAssembler(expected_size=len(data), expected_sha256=sha256_hex(data))
+    assembler = ChunkAssembler(expected_size=len(data), expected_digest=model_digest(data))
     for chunk in iter_chunks(data, 3):
         assembler.add(chunk)
     assert assembler.finish() == data
@@ -165,12 +180,12 @@ def test_no_adds_after_finish() -> None:
 
 
 def test_stream_verifier_checks_without_keeping_the_payload() -> None:
-    verifier = StreamVerifier(expected_size=len(PAYLOAD), expected_sha256=PAYLOAD_SHA)
+    verifier = StreamVerifier(expected_size=len(PAYLOAD), expected_digest=PAYLOAD_DIGEST)
     for chunk in iter_chunks(PAYLOAD, 999):
         verifier.update(chunk)
     verifier.finish()
     assert verifier.received == len(PAYLOAD)
-    assert verifier.sha256 == PAYLOAD_SHA
+    assert verifier.digest == PAYLOAD_DIGEST
 
 
 @settings(max_examples=150, deadline=None)
@@ -182,7 +197,7 @@ def test_stream_verifier_checks_without_keeping_the_payload() -> None:
 def test_any_chunk_size_round_trips(payload: bytes, chunk_size: int, announce: bool) -> None:
     chunks = list(iter_chunks(payload, chunk_size))
     assert b"".join(chunks) == payload
-    header = {"expected_size": len(payload), "expected_sha256": sha256_hex(payload)}
+    header = {"expected_size": len(payload), "expected_digest": model_digest(payload)}
     assert reassemble(chunks, **(header if announce else {})) == payload
 
 

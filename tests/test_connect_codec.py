@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import model_digest
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.rpc.connect import (
     SharedModelTask,
@@ -38,17 +38,17 @@ def test_a_shared_model_task_decodes_to_the_task_with_its_model(
     make: Callable[[], combiner_pb2.ServerMessage], size: int
 ) -> None:
     model = bytes(range(256)) * (size // 256) + b"\x01" * (size % 256)
-    shared = SharedModelTask(make(), model, sha256_hex(model))
+    shared = SharedModelTask(make(), model, model_digest(model))
     expected = make()
     task = getattr(expected, str(expected.WhichOneof("kind")))
-    task.model, task.model_sha256 = model, sha256_hex(model)
+    task.model, task.model_digest = model, model_digest(model)
     assert combiner_pb2.ServerMessage.FromString(serialize_outgoing(shared)) == expected
     assert shared.decoded() == expected
 
 
 def test_the_shared_payload_is_not_copied_into_the_waiting_message() -> None:
     model = b"x" * 1000
-    shared = SharedModelTask(_train(), model, sha256_hex(model))
+    shared = SharedModelTask(_train(), model, model_digest(model))
     assert shared.model is model
     assert not shared.message.train.model  # the queued message holds no copy
 
@@ -56,7 +56,7 @@ def test_the_shared_payload_is_not_copied_into_the_waiting_message() -> None:
 def test_only_train_and_validate_tasks_carry_a_shared_model() -> None:
     heartbeat = combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat())
     with pytest.raises(ValueError, match="train or validate"):
-        SharedModelTask(heartbeat, b"x", sha256_hex(b"x"))
+        SharedModelTask(heartbeat, b"x", model_digest(b"x"))
 
 
 def test_plain_messages_are_serialized_by_protobuf() -> None:

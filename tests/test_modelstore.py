@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pymongo
 import pytest
 from pymongo.database import Database
@@ -29,7 +30,7 @@ from fedgrpc.errors import (
     TruncatedStream,
     Unavailable,
 )
-from fedgrpc.model import iter_chunks, sha256_hex
+from fedgrpc.model import SHA256, iter_chunks, model_digest, sha256_hex
 from fedgrpc.modelstore import (
     DirectoryModelStore,
     GridFSModelStore,
@@ -102,7 +103,7 @@ class StoreContract:
         data = payload_of(5000)
         assert not store.exists("m1")
         stored = store.put("m1", [data[:1000], data[1000:]])
-        assert stored == StoredModel(model_id="m1", size=5000, sha256=sha256_hex(data))
+        assert stored == StoredModel(model_id="m1", size=5000, digest=model_digest(data))
         assert store.exists("m1")
         assert store.size("m1") == 5000
         assert b"".join(store.get("m1")) == data
@@ -116,7 +117,7 @@ class StoreContract:
         assert store.get_bytes("m.v1_final-2") == data
 
     def test_empty_model(self, store: ModelStore) -> None:
-        store.put("empty", [], expected_size=0, expected_sha256=sha256_hex(b""))
+        store.put("empty", [], expected_size=0, expected_digest=model_digest(b""))
         assert store.exists("empty")
         assert store.size("empty") == 0
         assert store.get_bytes("empty") == b""
@@ -127,13 +128,13 @@ class StoreContract:
         data = payload_of(30_000, seed=2)
         store.put_bytes("partial-1", data, durable=False)
         stored = store.copy("partial-1", "model-1")
-        assert stored == StoredModel(model_id="model-1", size=30_000, sha256=sha256_hex(data))
+        assert stored == StoredModel(model_id="model-1", size=30_000, digest=model_digest(data))
         assert store.delete("partial-1")
         assert store.get_bytes("model-1") == data
 
     def test_copy_records_a_digest_the_caller_verified(self, store: ModelStore) -> None:
         store.put_bytes("partial-2", b"abc")
-        assert store.copy("partial-2", "m2", verified_sha256="f" * 64).sha256 == "f" * 64
+        assert store.copy("partial-2", "m2", verified_digest="f" * 64).digest == "f" * 64
 
     def test_copy_refuses_a_missing_source_and_an_existing_target(
         self, store: ModelStore, leftovers: Callable[[], list[Any]]
@@ -219,12 +220,22 @@ class StoreContract:
             store.put("big", RefusingStream(), expected_size=101)
         self.assert_nothing_stored(store, "big", leftovers)
 
-    def test_wrong_expected_sha(
+    def test_wrong_expected_digest(
         self, store: ModelStore, leftovers: Callable[[], list[Any]]
     ) -> None:
         data = payload_of(4000)
-        with pytest.raises(ChecksumMismatch, match=sha256_hex(data)):
-            store.put("m", iter_chunks(data, 1000), expected_sha256=sha256_hex(b"other"))
+        with pytest.raises(ChecksumMismatch, match=model_digest(data)):
+            store.put("m", iter_chunks(data, 1000), expected_digest=model_digest(b"other"))
+        self.assert_nothing_stored(store, "m", leftovers)
+
+    def test_a_sha256_put_for_packages_and_objects(
+        self, store: ModelStore, leftovers: Callable[[], list[Any]]
+    ) -> None:
+        data = payload_of(4000)
+        stored = store.put_bytes("package", data, algorithm=SHA256)
+        assert stored.digest == sha256_hex(data)
+        with pytest.raises(ChecksumMismatch, match="sha256 mismatch"):
+            store.put("m", [data], expected_digest=model_digest(data), algorithm=SHA256)
         self.assert_nothing_stored(store, "m", leftovers)
 
     def test_stream_shorter_than_announced(
@@ -301,14 +312,14 @@ class StoreContract:
             "big",
             (bytes(chunk) for chunk in iter_chunks(data)),
             expected_size=len(data),
-            expected_sha256=sha256_hex(data),
+            expected_digest=model_digest(data),
         )
         assert stored.size == len(data)
         assert store.size("big") == len(data)
-        received = hashlib.sha256()
+        received = blake3.blake3()
         for chunk in store.get("big"):
             received.update(chunk)
-        assert received.hexdigest() == stored.sha256 == sha256_hex(data)
+        assert received.hexdigest() == stored.digest == model_digest(data)
 
 
 class TestDirectoryModelStore(StoreContract):
@@ -366,13 +377,17 @@ class TestGridFSModelStore(StoreContract):
         assert mongo_database["models.files"].count_documents({}) == 0
         assert not GridFSModelStore(mongo_database).exists("m")
 
-    def test_sha256_is_recorded_with_the_file(
+    def test_the_digest_is_recorded_with_the_file_under_its_algorithm(
         self, store: ModelStore, mongo_database: Database[dict[str, object]]
     ) -> None:
         store.put_bytes("m", b"abc")
+        store.put_bytes("package", b"abc", algorithm=SHA256)
         stored = mongo_database["models.files"].find_one({"filename": "m"})
         assert stored is not None
-        assert stored["metadata"] == {"sha256": sha256_hex(b"abc")}
+        assert stored["metadata"] == {"blake3": model_digest(b"abc")}
+        package = mongo_database["models.files"].find_one({"filename": "package"})
+        assert package is not None
+        assert package["metadata"] == {"sha256": sha256_hex(b"abc")}
 
 
 def unreachable_mongo_uri() -> str:

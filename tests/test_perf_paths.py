@@ -7,7 +7,6 @@ Each fast path must give exactly what the general path gives (or decline and let
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
 from fedgrpc.model import chunking
-from fedgrpc.model.chunking import BufferAssembler, iter_chunks, sha256_hex
+from fedgrpc.model.chunking import BufferAssembler, iter_chunks, model_digest
 from fedgrpc.model.serialization import (
     dump_model,
     dump_model_shared,
@@ -42,7 +41,7 @@ def _model(scale: float = 1.0) -> dict[str, np.ndarray]:
 def test_buffer_assembler_returns_the_payload_writeable(size: int) -> None:
     payload = np.random.default_rng(0).bytes(size)
     assembler = BufferAssembler(
-        expected_size=size, expected_sha256=sha256_hex(payload), max_size=None
+        expected_size=size, expected_digest=model_digest(payload), max_size=None
     )
     digests = [assembler.add_deferred(chunk) for chunk in iter_chunks(payload, 1 << 20)]
     for digest in digests:
@@ -62,7 +61,7 @@ def test_buffer_assembler_checks_like_the_chunk_assembler() -> None:
     long = BufferAssembler(expected_size=2, max_size=None)
     with pytest.raises(PayloadTooLarge):
         long.add(b"abc")
-    corrupt = BufferAssembler(expected_size=2, expected_sha256=sha256_hex(b"ab"), max_size=None)
+    corrupt = BufferAssembler(expected_size=2, expected_digest=model_digest(b"ab"), max_size=None)
     corrupt.add(b"ax")
     with pytest.raises(ChecksumMismatch):
         corrupt.finish()
@@ -133,7 +132,7 @@ def _reduce_outcome(
                     model_id="p",
                     total_weight=300.0,
                     num_updates=3,
-                    sha256=hashlib.sha256(partial_bytes).hexdigest(),
+                    digest=model_digest(partial_bytes),
                 )
             ],
             aggregator=aggregator,
@@ -161,11 +160,11 @@ def test_a_passed_on_partial_keeps_its_checked_digest_and_a_reencoded_one_does_n
 ) -> None:
     partial = dump_model(_model(0.25))
     passed_on = _reduce_outcome(tmp_path, partial)
-    assert passed_on.model_sha256 == hashlib.sha256(partial).hexdigest()
+    assert passed_on.model_digest == model_digest(partial)
     assert passed_on.source_model_id == "p"  # the commit links the partial's stored bytes
     odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
     reencoded = _reduce_outcome(tmp_path, odd)
-    assert reencoded.model_sha256 is None  # the commit hashes it
+    assert reencoded.model_digest is None  # the commit hashes it
     assert reencoded.source_model_id is None  # and writes the new bytes
 
 
@@ -180,7 +179,7 @@ def test_modelstore_non_durable_put_stores_the_same(tmp_path: Path) -> None:
     store = DirectoryModelStore(tmp_path)
     stored = store.put_bytes("x", memoryview(b"abc"), durable=False)
     assert store.get_bytes("x") == b"abc"
-    assert stored.sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert stored.digest == model_digest(b"abc")
 
 
 # --- the combiner's cache ----------------------------------------------------------------------
@@ -189,7 +188,7 @@ def test_cache_releases_a_large_model_after_the_expected_downloads() -> None:
 
     async def fetch(model_id: str) -> CachedModel:
         fetches.append(model_id)
-        return CachedModel(model_id=model_id, data=bytes(40 << 20), sha256="0" * 64)
+        return CachedModel(model_id=model_id, data=bytes(40 << 20), digest="0" * 64)
 
     async def scenario() -> None:
         cache = ModelCache(fetch)
@@ -213,11 +212,11 @@ def test_cache_reuses_a_remembered_upload_once() -> None:
 
     cache = ModelCache(fetch)
     cache.remember_upload(b"partial", "a" * 64)
-    assert cache.by_sha256("b" * 64) is None
-    assert cache.by_sha256("a" * 64) is None  # a miss forgets it: it is obsolete
+    assert cache.by_digest("b" * 64) is None
+    assert cache.by_digest("a" * 64) is None  # a miss forgets it: it is obsolete
     cache.remember_upload(b"partial", "a" * 64)
-    assert cache.by_sha256("a" * 64) == b"partial"
-    assert cache.by_sha256("a" * 64) is None
+    assert cache.by_digest("a" * 64) == b"partial"
+    assert cache.by_digest("a" * 64) is None
 
 
 @pytest.mark.parametrize("advice", [None, 9999])  # 9999: a kernel without that madvise

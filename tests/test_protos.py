@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from fedgrpc.model.chunking import model_digest
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def test_model_chunk_round_trips_header_and_data() -> None:
         model_id="m-1",
         total_size=3,
         chunk_size=2,
-        sha256=hashlib.sha256(b"abc").hexdigest(),
+        digest=model_digest(b"abc"),
         session_id="s-1",
         round_id="r-1",
         metadata=metadata,
@@ -234,9 +234,8 @@ class InMemoryModelService(model_pb2_grpc.ModelServiceServicer):
         async for chunk in request_iterator:
             received += chunk.data
         self.models[first.header.model_id] = bytes(received)
-        digest = hashlib.sha256(received).hexdigest()
         return model_pb2.UploadResponse(
-            model_id=first.header.model_id, size=len(received), sha256=digest
+            model_id=first.header.model_id, size=len(received), digest=model_digest(received)
         )
 
     async def Download(  # noqa: N802 - name fixed by the .proto service
@@ -253,7 +252,7 @@ class InMemoryModelService(model_pb2_grpc.ModelServiceServicer):
             model_id=request.model_id,
             total_size=len(payload),
             chunk_size=chunk_size,
-            sha256=hashlib.sha256(payload).hexdigest(),
+            digest=model_digest(payload),
         )
         yield model_pb2.ModelChunk(header=header)
         for piece in split(payload, chunk_size):
@@ -279,7 +278,7 @@ async def upload_stream(model_id: str, payload: bytes) -> AsyncIterator[model_pb
         model_id=model_id,
         total_size=len(payload),
         chunk_size=3000,
-        sha256=hashlib.sha256(payload).hexdigest(),
+        digest=model_digest(payload),
     )
     header.metadata.update({"num_examples": 100})
     yield model_pb2.ModelChunk(header=header)
@@ -293,7 +292,7 @@ async def test_upload_then_download_over_grpc(model_channel: grpc.aio.Channel) -
     uploaded = await stub.Upload(upload_stream("m-1", PAYLOAD))
     assert uploaded.model_id == "m-1"
     assert uploaded.size == len(PAYLOAD)
-    assert uploaded.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+    assert uploaded.digest == model_digest(PAYLOAD)
 
     chunks = [c async for c in stub.Download(model_pb2.DownloadRequest(model_id="m-1"))]
     assert chunks[0].WhichOneof("payload") == "header"

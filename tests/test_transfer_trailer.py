@@ -3,14 +3,13 @@ the trailer before it hands the payload on. Over a real gRPC server on loopback.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE
+from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, model_digest
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
 from fedgrpc.rpc.server import RunningServer, Service, service_name, start_server
@@ -36,7 +35,7 @@ class Receiver:
     ) -> model_pb2.UploadResponse:
         model = await receive_model(request_iterator, max_size=LIMIT, mutable=True)
         self.received.append(bytes(model.data))
-        return model_pb2.UploadResponse(size=len(model.data), sha256=model.header.sha256)
+        return model_pb2.UploadResponse(size=len(model.data), digest=model.header.digest)
 
     async def Download(  # noqa: N802 - the RPC's name
         self, request: model_pb2.DownloadRequest, context: grpc.aio.ServicerContext
@@ -73,7 +72,7 @@ async def test_a_large_upload_is_hashed_while_sent_and_verified_from_the_trailer
         response = await upload_model(
             ModelTransferStub(channel), payload, header=model_pb2.ModelHeader(model_id="m")
         )
-    assert response.sha256 == hashlib.sha256(payload).hexdigest()
+    assert response.digest == model_digest(payload)
     assert receiver.received == [payload]
 
 
@@ -87,13 +86,13 @@ async def _raw_upload(
     return caught.value
 
 
-def _stream(payload: bytes, *, header_sha256: str = "") -> list[model_pb2.ModelChunk]:
-    header = model_pb2.ModelHeader(total_size=len(payload), sha256=header_sha256)
+def _stream(payload: bytes, *, header_digest: str = "") -> list[model_pb2.ModelChunk]:
+    header = model_pb2.ModelHeader(total_size=len(payload), digest=header_digest)
     return [model_pb2.ModelChunk(header=header), model_pb2.ModelChunk(data=payload)]
 
 
-def _trailer(sha256: str) -> model_pb2.ModelChunk:
-    return model_pb2.ModelChunk(trailer=model_pb2.ModelTrailer(sha256=sha256))
+def _trailer(digest: str) -> model_pb2.ModelChunk:
+    return model_pb2.ModelChunk(trailer=model_pb2.ModelTrailer(digest=digest))
 
 
 async def test_a_trailer_that_does_not_match_the_bytes_is_data_loss(
@@ -101,16 +100,14 @@ async def test_a_trailer_that_does_not_match_the_bytes_is_data_loss(
 ) -> None:
     running, receiver = server
     payload = b"x" * 1000
-    error = await _raw_upload(
-        running, [*_stream(payload), _trailer(hashlib.sha256(b"other").hexdigest())]
-    )
+    error = await _raw_upload(running, [*_stream(payload), _trailer(model_digest(b"other"))])
     assert error.code() == grpc.StatusCode.DATA_LOSS
-    assert "sha256 mismatch" in (error.details() or "")
+    assert "blake3 mismatch" in (error.details() or "")
     assert receiver.received == []
 
 
 @pytest.mark.parametrize(
-    ("after_trailer", "trailer", "header_sha256", "expected"),
+    ("after_trailer", "trailer", "header_digest", "expected"),
     [
         ([model_pb2.ModelChunk(data=b"more")], "ok", "", "after its trailer"),
         ([], "not-hex", "", "64 hex digits"),
@@ -121,13 +118,13 @@ async def test_malformed_trailers_are_refused(
     server: tuple[RunningServer, Receiver],
     after_trailer: list[model_pb2.ModelChunk],
     trailer: str,
-    header_sha256: str,
+    header_digest: str,
     expected: str,
 ) -> None:
     running, receiver = server
     payload = b"y" * 1000
-    digest = hashlib.sha256(payload).hexdigest() if trailer == "ok" else trailer
-    messages = [*_stream(payload, header_sha256=header_sha256), _trailer(digest), *after_trailer]
+    digest = model_digest(payload) if trailer == "ok" else trailer
+    messages = [*_stream(payload, header_digest=header_digest), _trailer(digest), *after_trailer]
     error = await _raw_upload(running, messages)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert expected in (error.details() or "")

@@ -7,6 +7,7 @@ from pathlib import Path
 from fedgrpc.api._base import COUNT_ONLY, APIBase, page
 from fedgrpc.api._records import Record, to_dict, to_list
 from fedgrpc.api._transfer import PathLike, read_seed_model, receive_to_file
+from fedgrpc.model.chunking import BLAKE3
 
 
 class ModelMethods(APIBase):
@@ -66,12 +67,12 @@ class ModelMethods(APIBase):
         return to_list(found)
 
     def download_model(self, id: str, path: PathLike) -> Record:
-        """Write model ``id`` (safetensors bytes) to ``path``, its size and sha256 verified.
+        """Write model ``id`` (safetensors bytes) to ``path``, its size and digest verified.
 
         The file appears only complete: a failed download raises and leaves ``path`` as it was.
         """
-        sha256 = receive_to_file(self._model_service.download(id), path, "model")
-        return {"success": True, "message": f"model {id} downloaded to {path} (sha256 {sha256})"}
+        digest = receive_to_file(self._model_service.download(id), path, "model", BLAKE3)
+        return {"success": True, "message": f"model {id} downloaded to {path} (blake3 {digest})"}
 
     def set_active_model(self, path: PathLike) -> Record:
         """Upload a seed model from a ``.safetensors`` or ``.npz`` file and make it active.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedgrpc.api._base import COUNT_ONLY, APIBase, page
 from fedgrpc.api._records import Record, to_dict, to_list
 from fedgrpc.api._transfer import PathLike, package_parts, package_stream, receive_to_file
+from fedgrpc.model.chunking import SHA256
 
 
 class PackageMethods(APIBase):
@@ -31,7 +32,7 @@ class PackageMethods(APIBase):
     def download_package(self, path: PathLike) -> Record:
         """Write the active compute package to ``path``, its size and sha256 verified."""
         chunks = self.control.download_package(id="")
-        sha256 = receive_to_file(package_parts(chunks), path, "package")
+        sha256 = receive_to_file(package_parts(chunks), path, "package", SHA256)
         return {"success": True, "message": f"package downloaded to {path} (sha256 {sha256})"}
 
     def set_active_package(

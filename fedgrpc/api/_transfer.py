@@ -1,6 +1,6 @@
 """Bytes in and out of the controller: seed models, model downloads, compute packages.
 
-Downloads are verified (size and sha256 from the stream's header) while they are written to a
+Downloads are verified (size and digest from the stream's header) while they are written to a
 temporary file beside the destination, which replaces the destination only once the whole
 stream checked out, so a failed download never leaves a truncated file behind.
 """
@@ -21,14 +21,14 @@ import numpy as np
 
 from fedgrpc.api._rpc import Metadata, RpcClient
 from fedgrpc.errors import InvalidArgument
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, StreamVerifier
+from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, DigestAlgorithm, StreamVerifier
 from fedgrpc.model.serialization import dump_model, load_model
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
 from fedgrpc.transfer import dict_to_struct, model_stream
 
 PathLike = str | os.PathLike[str]
-# One message of a download: the header's (total_size, sha256), or a slice of the data.
+# One message of a download: the header's (total_size, digest), or a slice of the data.
 Part = tuple[int, str] | bytes
 # np.savez names positional arrays arr_0, arr_1, ...; FEDn's list models use "0", "1", ...
 _POSITIONAL = re.compile(r"arr_(\d+)")
@@ -55,7 +55,7 @@ class ModelClient(RpcClient):
         )
         for chunk in chunks:
             if chunk.HasField("header"):
-                yield chunk.header.total_size, chunk.header.sha256
+                yield chunk.header.total_size, chunk.header.digest
             else:
                 yield chunk.data
 
@@ -69,8 +69,11 @@ def package_parts(chunks: Iterable[control_pb2.PackageChunk]) -> Iterator[Part]:
             yield chunk.data
 
 
-def receive_to_file(parts: Iterable[Part], path: PathLike, what: str) -> str:
-    """Write a header-then-data stream to ``path``, verified; returns its sha256."""
+def receive_to_file(
+    parts: Iterable[Part], path: PathLike, what: str, algorithm: DigestAlgorithm
+) -> str:
+    """Write a header-then-data stream to ``path``, verified; returns its digest (in
+    ``algorithm``: BLAKE3 for models, SHA-256 for packages)."""
     destination = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".download-")
     try:
@@ -78,8 +81,10 @@ def receive_to_file(parts: Iterable[Part], path: PathLike, what: str) -> str:
             verifier: StreamVerifier | None = None
             for part in parts:
                 if isinstance(part, tuple):
-                    size, sha256 = part
-                    verifier = StreamVerifier(expected_size=size, expected_sha256=sha256 or None)
+                    size, digest = part
+                    verifier = StreamVerifier(
+                        expected_size=size, expected_digest=digest or None, algorithm=algorithm
+                    )
                 elif verifier is None:
                     raise InvalidArgument(f"the {what} stream did not start with a header")
                 else:
@@ -92,7 +97,7 @@ def receive_to_file(parts: Iterable[Part], path: PathLike, what: str) -> str:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return verifier.sha256
+    return verifier.digest
 
 
 # --- seed models -----------------------------------------------------------------------------

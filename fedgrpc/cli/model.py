@@ -45,7 +45,7 @@ def get(api: APIClient, model_id: str, as_json: bool) -> None:
 @click.argument("model_id")
 @click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
 def download(api: APIClient, model_id: str, path: Path) -> None:
-    """Download a model (safetensors) to PATH; the sha256 is verified."""
+    """Download a model (safetensors) to PATH; its BLAKE3 digest is verified."""
     api.download_model(model_id, str(path))
     click.echo(f"wrote {path}")
 

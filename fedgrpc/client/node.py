@@ -321,7 +321,7 @@ class Client:
         """A task's inline model (``payload``), size checked, in a buffer the arrays may view.
 
         Not hashed: one gRPC message arrives whole or not at all (the reason inline updates
-        carry no digest either), and the combiner checked the model's sha256 when it got it.
+        carry no digest either), and the combiner checked the model's digest when it got it.
         A model that is not valid safetensors still fails to load."""
         what = f"inline model {task.model_id}"
         check_inline_size(len(payload), limit=self.config.max_model_size, what=what)
@@ -343,7 +343,7 @@ class Client:
             metadata = {**metadata, "train_seconds": time.monotonic() - started}
             data = await off_loop_if_large(_model_nbytes(new_model), dump_model, new_model)
             if 0 < len(data) <= self._inline_limit:  # one stream message, no Upload call
-                # No sha256: the transport checks one message whole (ModelUpdate.sha256).
+                # No digest: the transport checks one message whole (ModelUpdate.digest).
                 update = combiner_pb2.ModelUpdate(
                     task_id=task.task_id,
                     session_id=task.session_id,

@@ -186,9 +186,9 @@ class Combiner:
             self._model_stub,
             model_id,
             max_size=self.config.max_model_size,
-            reuse=self.core.models.by_sha256,  # our own partial, when it became the model
+            reuse=self.core.models.by_digest,  # our own partial, when it became the model
         )
-        return CachedModel(model_id=model_id, data=received.data, sha256=received.header.sha256)
+        return CachedModel(model_id=model_id, data=received.data, digest=received.header.digest)
 
     async def _upload_partial(
         self,
@@ -208,7 +208,7 @@ class Combiner:
             self._model_stub, data, header=header, chunk_size=self.config.chunk_size
         )
         if self.core is not None:
-            self.core.models.remember_upload(data, response.sha256)
+            self.core.models.remember_upload(data, response.digest)
         return response.model_id
 
     async def stop(self, grace: float = 5.0) -> None:

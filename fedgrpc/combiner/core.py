@@ -23,7 +23,7 @@ from fedgrpc.errors import (
     FedgrpcError,
     PermissionDenied,
 )
-from fedgrpc.model.chunking import check_inline, check_inline_size, sha256_hex
+from fedgrpc.model.chunking import check_inline, check_inline_size, model_digest
 from fedgrpc.model.serialization import dump_model_shared, model_specs
 from fedgrpc.offload import off_loop_if_large
 from fedgrpc.proto.combiner.v1 import combiner_pb2
@@ -201,7 +201,7 @@ class CombinerCore:
         self, client: ClientConnection, update: combiner_pb2.ModelUpdate
     ) -> None:
         """An update sent on the client's stream: checked as an upload would be (the task must
-        be this client's and open, the size within the limits, the sha256 right), then folded.
+        be this client's and open, the size within the limits, the digest right), then folded.
 
         There is no call to fail, so every refusal is recorded as a status event; one for the
         client's own open task also ends that task as ``rejected``, so the round goes on with
@@ -212,7 +212,7 @@ class CombinerCore:
             task_id=update.task_id,
             session_id=update.session_id,
             round_id=update.round_id,
-            sha256=update.sha256,
+            digest=update.digest,
             total_size=len(payload),
         )
         header.metadata.CopyFrom(update.metadata)
@@ -235,7 +235,7 @@ class CombinerCore:
             return
         round_ = self._round_for_task(update.task_id)
         try:
-            data = self._verified_inline(client, update.sha256, payload)
+            data = self._verified_inline(client, update.digest, payload)
         except FedgrpcError as exc:
             message = f"inline update refused: {exc.code.name}: {exc}"
             round_.task_failed(update.task_id, message, status="rejected")
@@ -253,17 +253,17 @@ class CombinerCore:
             log.warning("client %s: inline update refused: %s", client.name, exc)
 
     def _verified_inline(
-        self, client: ClientConnection, claimed_sha256: str, payload: bytes
+        self, client: ClientConnection, claimed_digest: str, payload: bytes
     ) -> memoryview:
-        """The inline update's bytes, checked: its size, and its sha256 when the client sent
+        """The inline update's bytes, checked: its size, and its digest when the client sent
         one (optional: one message is framed and checked by the transport like any other
         field; a digest guards models assembled from chunks or stored by it).
 
         Read-only: the accumulator copies the update it keeps as its sum and adds the others
         straight from their messages."""
         limit = min(client.inline_model_bytes, self.max_model_size)
-        if claimed_sha256:
-            check_inline(payload, claimed_sha256, limit=limit, what="inline update")
+        if claimed_digest:
+            check_inline(payload, claimed_digest, limit=limit, what="inline update")
         else:
             check_inline_size(len(payload), limit=limit, what="inline update")
         return memoryview(payload)
@@ -315,7 +315,7 @@ class CombinerCore:
                 data = await off_loop_if_large(size, dump_model_shared, mean)
                 del mean
                 if 0 < len(data) <= self.link_inline_bytes:  # on the link, no Upload call
-                    result.partial, result.partial_sha256 = bytes(data), sha256_hex(data)
+                    result.partial, result.partial_digest = bytes(data), model_digest(data)
                 else:
                     result.model_id = await self._upload_partial(
                         data, assignment, total_weight, count
@@ -419,5 +419,5 @@ def _inline_model(assignment: network_pb2.RoundAssignment, model: bytes, limit: 
     """The global model the controller sent on the link (``model``, read from the
     assignment once), checked like a download."""
     what = f"inline model {assignment.model_id}"
-    actual = check_inline(model, assignment.model_sha256, limit=limit, what=what)
-    return CachedModel(model_id=assignment.model_id, data=model, sha256=actual)
+    actual = check_inline(model, assignment.model_digest, limit=limit, what=what)
+    return CachedModel(model_id=assignment.model_id, data=model, digest=actual)

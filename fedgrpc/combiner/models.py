@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class CachedModel:
     model_id: str
     data: bytes | memoryview
-    sha256: str
+    digest: str
 
 
 Fetch = Callable[[str], Awaitable[CachedModel]]
@@ -25,9 +25,9 @@ class ModelCache:
     """Keeps the last few models; concurrent requests for one id share a single download.
 
     It also remembers the last payload this combiner itself uploaded (its partial aggregate),
-    by sha256: with one combiner and FedAvg the controller's next global model is that very
-    payload, byte for byte, so a download whose header announces its sha256 can stop there
-    and reuse it (:meth:`by_sha256`) instead of moving the whole model back over the network.
+    by digest: with one combiner and FedAvg the controller's next global model is that very
+    payload, byte for byte, so a download whose header announces its digest can stop there
+    and reuse it (:meth:`by_digest`) instead of moving the whole model back over the network.
     """
 
     # One model: a round's global model is also what the next round's clients download, so an
@@ -92,16 +92,16 @@ class ModelCache:
         if task is not None and not task.done():
             task.cancel()
 
-    def remember_upload(self, data: bytes | memoryview, sha256: str) -> None:
+    def remember_upload(self, data: bytes | memoryview, digest: str) -> None:
         """Keep the payload just uploaded (one at most) until a download reuses it."""
-        self._uploaded = (sha256, data)
+        self._uploaded = (digest, data)
 
-    def by_sha256(self, sha256: str) -> bytes | memoryview | None:
+    def by_digest(self, digest: str) -> bytes | memoryview | None:
         """The remembered upload if it has this digest. Either way it is forgotten here: a
         match is then held once, by the cache entry reusing it, and a miss means the next
         model is another one (several combiners, another aggregator), so it is obsolete."""
         uploaded, self._uploaded = self._uploaded, None
-        return uploaded[1] if uploaded is not None and uploaded[0] == sha256 else None
+        return uploaded[1] if uploaded is not None and uploaded[0] == digest else None
 
     def clear(self) -> None:
         for task in self._models.values():

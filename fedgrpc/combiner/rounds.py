@@ -132,7 +132,7 @@ class TrainingRound:
             message = self._train_task(task_id)
             if model is not None and fits_inline(len(model.data), client):
                 payload = bytes(model.data) if payload is None else payload
-                client.send(SharedModelTask(message, payload, model.sha256))
+                client.send(SharedModelTask(message, payload, model.digest))
             else:
                 by_id += 1
                 client.send(message)

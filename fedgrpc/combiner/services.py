@@ -163,7 +163,7 @@ class CombinerModelServicer:
                 response = model_pb2.UploadResponse(
                     model_id=update.header.model_id,
                     size=len(update.data),
-                    sha256=update.header.sha256,
+                    digest=update.header.digest,
                 )
                 await self._core.accept_update(update)
                 del update  # free the payload before the next large upload is let in
@@ -178,7 +178,7 @@ class CombinerModelServicer:
     ) -> AsyncIterator[bytes]:
         self.calls["Download"] += 1
         cached = await self._core.models.get(request.model_id)
-        header = model_pb2.ModelHeader(model_id=cached.model_id, sha256=cached.sha256)
+        header = model_pb2.ModelHeader(model_id=cached.model_id, digest=cached.digest)
         # A client may ask for smaller chunks, never for larger than the server's message limit.
         chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
         try:

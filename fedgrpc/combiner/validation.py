@@ -49,7 +49,7 @@ class ValidationPass:
             message = combiner_pb2.ServerMessage(validate=task)
             if model is not None and fits_inline(len(model.data), client):
                 payload = bytes(model.data) if payload is None else payload
-                client.send(SharedModelTask(message, payload, model.sha256))
+                client.send(SharedModelTask(message, payload, model.digest))
             else:
                 client.send(message)
         self._requested = len(clients)

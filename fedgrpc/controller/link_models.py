@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from fedgrpc.controller.records import model_record_digest
 from fedgrpc.errors import FedgrpcError
-from fedgrpc.model.chunking import check_inline
+from fedgrpc.model.chunking import check_inline, model_digest
 from fedgrpc.modelstore import StoredModel
 from fedgrpc.proto.network.v1 import network_pb2
 
@@ -27,22 +28,22 @@ log = logging.getLogger(__name__)
 
 
 def store_partial(
-    network: Network, data: bytes | memoryview, verified_sha256: str | None
+    network: Network, data: bytes | memoryview, verified_digest: str | None
 ) -> tuple[str, StoredModel]:
     """Store a partial mean (blocking); its new id and stored record."""
     model_id = f"partial-{uuid.uuid4().hex}"
     # A partial lives for one round and a crash restarts the round, so it skips fsync.
     stored = network.models.put_bytes(
-        model_id, data, durable=False, verified_sha256=verified_sha256
+        model_id, data, durable=False, verified_digest=verified_digest
     )
-    network.partial_digests[model_id] = stored.sha256
+    network.partial_digests[model_id] = stored.digest
     return model_id, stored
 
 
-def store_inline_partial(network: Network, partial: bytes, claimed_sha256: str) -> str:
+def store_inline_partial(network: Network, partial: bytes, claimed_digest: str) -> str:
     """Check and store a partial a combiner sent inline (blocking); its new id."""
     limit = network.config.inline_model_bytes
-    actual = check_inline(partial, claimed_sha256, limit=limit, what="inline partial")
+    actual = check_inline(partial, claimed_digest, limit=limit, what="inline partial")
     model_id, _ = store_partial(network, partial, actual)
     return model_id
 
@@ -58,7 +59,7 @@ async def store_inline_partials(
             continue
         try:
             result.model_id = await asyncio.to_thread(
-                store_inline_partial, network, partial, result.partial_sha256
+                store_inline_partial, network, partial, result.partial_digest
             )
         except FedgrpcError as exc:
             log.warning("combiner %s: %s", name, exc)
@@ -78,27 +79,28 @@ class InlineModel:
         self._network = network
         self._model_id = ""
         self._data: bytes | None = None
-        self._sha256 = ""
+        self._digest = ""
 
-    def remember(self, model_id: str, data: bytes, sha256: str) -> None:
+    def remember(self, model_id: str, data: bytes, digest: str) -> None:
         small = len(data) <= self._network.config.inline_model_bytes
-        self._model_id, self._data, self._sha256 = model_id, data if small else None, sha256
+        self._model_id, self._data, self._digest = model_id, data if small else None, digest
 
     async def get(self, model_id: str) -> tuple[bytes, str] | None:
-        """(bytes, sha256) of ``model_id`` when it may go inline, else None."""
+        """(bytes, digest) of ``model_id`` when it may go inline, else None."""
         if self._network.config.inline_model_bytes == 0:
             return None
         if model_id != self._model_id:
-            self._data, self._sha256 = await asyncio.to_thread(self._read, model_id)
+            self._data, self._digest = await asyncio.to_thread(self._read, model_id)
             self._model_id = model_id
-        return (self._data, self._sha256) if self._data is not None else None
+        return (self._data, self._digest) if self._data is not None else None
 
     def _read(self, model_id: str) -> tuple[bytes | None, str]:
         try:
             record = self._network.store.models.get(model_id)
             if int(record["size"]) > self._network.config.inline_model_bytes:
                 return None, ""
-            return self._network.models.get_bytes(model_id), str(record["sha256"])
+            data = self._network.models.get_bytes(model_id)
+            return data, model_record_digest(record) or model_digest(data)
         except FedgrpcError as exc:
             # Not inline, then: the combiner's download fails the round with the same error.
             log.warning("model %s cannot go inline: %s", model_id, exc)

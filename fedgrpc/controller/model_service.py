@@ -17,6 +17,7 @@ import grpc
 
 from fedgrpc.controller.link_models import store_partial
 from fedgrpc.controller.network import Network
+from fedgrpc.controller.records import model_record_digest
 from fedgrpc.controller.scope import caller_scope, in_scope
 from fedgrpc.errors import FailedPrecondition
 from fedgrpc.model.serialization import load_model
@@ -50,11 +51,11 @@ class ControllerModelServicer:
         )
         if received.header.round_id:
             model_id, stored = await asyncio.to_thread(
-                store_partial, self._network, received.data, _verified_sha256(received)
+                store_partial, self._network, received.data, _verified_digest(received)
             )
         else:
             model_id, stored = await self._store_seed(received)
-        return model_pb2.UploadResponse(model_id=model_id, size=stored.size, sha256=stored.sha256)
+        return model_pb2.UploadResponse(model_id=model_id, size=stored.size, digest=stored.digest)
 
     def _check_header(self, header: model_pb2.ModelHeader) -> None:
         validate_fields(header)
@@ -71,7 +72,7 @@ class ControllerModelServicer:
         model_id = received.header.model_id or uuid.uuid4().hex
         models, store = self._network.models, self._network.store
         stored = await asyncio.to_thread(
-            models.put_bytes, model_id, received.data, verified_sha256=_verified_sha256(received)
+            models.put_bytes, model_id, received.data, verified_digest=_verified_digest(received)
         )
         name = str(received.metadata.get("name") or f"seed {model_id[:8]}")
         await asyncio.to_thread(
@@ -81,7 +82,7 @@ class ControllerModelServicer:
             session_id=None,
             name=name,
             size=stored.size,
-            sha256=stored.sha256,
+            digest=stored.digest,
             scope=caller_scope(),
         )
         return model_id, stored
@@ -102,7 +103,7 @@ class ControllerModelServicer:
                 model_id=request.model_id,
                 total_size=int(record["size"]),
                 chunk_size=chunk_size,
-                sha256=str(record["sha256"]),
+                digest=model_record_digest(record),
             )
         )
         for chunk in first:
@@ -128,7 +129,7 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _verified_sha256(received: ReceivedModel) -> str | None:
-    """The upload's digest when receive_model checked the bytes against it (the header named
-    one); None makes the store hash them itself."""
-    return received.header.sha256.lower() or None
+def _verified_digest(received: ReceivedModel) -> str | None:
+    """The upload's digest when receive_model checked the bytes against it (the header or the
+    trailer named one); None makes the store hash them itself."""
+    return received.header.digest.lower() or None

@@ -48,7 +48,7 @@ class Network:
         # Analyses (FLAME); set by the app once built. Reports are dispatched to them.
         self.broker: Broker | None = None
         self.analyses: Analyses | None = None
-        # Partial id -> sha256 checked when the partial arrived: a single-combiner round's
+        # Partial id -> digest checked when the partial arrived: a single-combiner round's
         # commit records it instead of hashing the 100 MB model once more.
         self.partial_digests: dict[str, str] = {}
 

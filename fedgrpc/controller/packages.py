@@ -17,6 +17,7 @@ from typing import Any
 
 from fedgrpc.controller.network import Network
 from fedgrpc.errors import InvalidArgument, NotFound
+from fedgrpc.model.chunking import SHA256
 from fedgrpc.packages import DEFAULT_LIMITS, Manifest, PackageLimits, inspect_package
 from fedgrpc.packages.transfer import ReceivedPackage, receive_package
 from fedgrpc.proto.control.v1 import control_pb2 as pb
@@ -53,14 +54,16 @@ def check_header(header: pb.PackageHeader) -> None:
 def _store(network: Network, received: ReceivedPackage, manifest: Manifest) -> Record:
     header = received.header
     blob_id = f"{BLOB_PREFIX}{uuid.uuid4().hex}"
-    stored = network.models.put_bytes(blob_id, received.data)
+    stored = network.models.put_bytes(
+        blob_id, received.data, verified_digest=received.header.sha256.lower(), algorithm=SHA256
+    )
     file_name = header.file_name or "package.tar.gz"
     try:
         return network.store.packages.create(
             name=header.name or manifest.name or file_name.split(".")[0] or "package",
             description=header.description or None,
             file_name=file_name,
-            sha256=stored.sha256,
+            sha256=stored.digest,
             size=stored.size,
             helper=header.helper or DEFAULT_HELPER,
             blob_id=blob_id,

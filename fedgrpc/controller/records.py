@@ -19,6 +19,13 @@ def to_message(record: Mapping[str, Any], message_type: type[M]) -> M:
     return json_format.ParseDict(clean, message_type(), ignore_unknown_fields=True)
 
 
+def model_record_digest(record: Mapping[str, Any]) -> str:
+    """A model record's BLAKE3 digest, or "" for a record written before model digests were
+    BLAKE3 (its "sha256" says nothing about a BLAKE3 digest): the bytes are then hashed where
+    they are received, as for a header that names no digest."""
+    return str(record.get("digest") or "")
+
+
 def page_args(page: common_pb2.PageRequest) -> dict[str, Any]:
     """PageRequest -> the statestore's limit/skip/sort arguments (newest first by default)."""
     args: dict[str, Any] = {"limit": page.limit or None, "skip": page.skip}

@@ -31,14 +31,14 @@ class Partial:
     total_weight: float
     num_updates: int
     # The digest the controller checked when the partial arrived (None: unknown).
-    sha256: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReduceOutcome:
     model_bytes: bytes
     # Known digest of model_bytes (a partial passed on as it arrived), saving a hash at commit.
-    model_sha256: str | None = None
+    model_digest: str | None = None
     # The stored model whose bytes model_bytes are (that partial): the commit copies it within
     # the store (a hard link on a directory) instead of writing the bytes again.
     source_model_id: str | None = None
@@ -135,7 +135,7 @@ def _sole_partial_as_model(
         return None
     return ReduceOutcome(
         model_bytes=data,
-        model_sha256=partial.sha256,
+        model_digest=partial.digest,
         source_model_id=partial.model_id,
         state_bytes=None,
         rejected={},

@@ -189,7 +189,7 @@ class SessionRunner:
         command = network_pb2.ControllerCommand(round=assignment)
         if inline is not None and len(inline[0]) <= link.inline_model_bytes:
             # No download round trip. Set on the command: wrapping a message copies it whole.
-            command.round.model, command.round.model_sha256 = inline
+            command.round.model, command.round.model_digest = inline
         link.send(command)
         return True
 
@@ -216,7 +216,7 @@ class SessionRunner:
                         model_id=result.model_id,
                         total_weight=result.total_weight,
                         num_updates=result.num_updates,
-                        sha256=self.network.partial_digests.get(result.model_id),
+                        digest=self.network.partial_digests.get(result.model_id),
                     )
                 )
             round_.combiners.append(_combiner_report(name, result))
@@ -267,7 +267,7 @@ class SessionRunner:
         stored, self.session = await asyncio.to_thread(
             self._commit_blocking, model_id, round_, outcome
         )
-        self._inline_model.remember(model_id, outcome.model_bytes, stored.sha256)
+        self._inline_model.remember(model_id, outcome.model_bytes, stored.digest)
         log.info("session %s round %d success", self.id, round_.number)
         return model_id
 
@@ -305,11 +305,11 @@ class SessionRunner:
         models = self.network.models
         if outcome.source_model_id is not None:
             stored = models.copy(
-                outcome.source_model_id, model_id, verified_sha256=outcome.model_sha256
+                outcome.source_model_id, model_id, verified_digest=outcome.model_digest
             )
         else:
             stored = models.put_bytes(
-                model_id, outcome.model_bytes, verified_sha256=outcome.model_sha256
+                model_id, outcome.model_bytes, verified_digest=outcome.model_digest
             )
         self.store.models.create(
             id=model_id,
@@ -318,7 +318,7 @@ class SessionRunner:
             name=f"{self.session.get('name') or self.id} round {round_.number}",
             round_number=round_.number,
             size=stored.size,
-            sha256=stored.sha256,
+            digest=stored.digest,
             scope=self.session.get("scope"),
         )
         self.store.models.set_active(model_id)

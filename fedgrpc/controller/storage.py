@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedgrpc.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from fedgrpc.model.chunking import iter_chunks
+from fedgrpc.model.chunking import SHA256, iter_chunks
 from fedgrpc.modelstore import ModelStore
 from fedgrpc.security.interceptor import current_claims
 from fedgrpc.security.limits import validate_id
@@ -160,7 +160,11 @@ def _store(
     blob_id = f"{OBJECT_PREFIX}{uuid.uuid4().hex}"
     # The store checks the size limit (RESOURCE_EXHAUSTED) and the checksum (DATA_LOSS).
     stored = blobs.put(
-        blob_id, iter_chunks(data), expected_size=len(data), expected_sha256=sha256 or None
+        blob_id,
+        iter_chunks(data),
+        expected_size=len(data),
+        expected_digest=sha256 or None,
+        algorithm=SHA256,
     )
     try:
         return store.objects.create(
@@ -171,7 +175,7 @@ def _store(
             kind=kind,
             blob_id=blob_id,
             size=stored.size,
-            sha256=stored.sha256,
+            sha256=stored.digest,
             tag=tag,
             content_type=content_type,
             recipients=recipients,

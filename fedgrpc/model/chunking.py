@@ -1,8 +1,14 @@
 """Splitting payloads into gRPC-sized chunks and checking/reassembling them on the other side.
 
-A stream's header announces the total size and sha256 (either may be unknown). The receiver
+A stream's header announces the total size and digest (either may be unknown). The receiver
 enforces its own size limit and the announced size while chunks arrive, so an oversized or
 lying stream is cut off at the first chunk that crosses a limit, not after it has all arrived.
+
+Model digests are BLAKE3 (256 bits, lowercase hex): on the AMD EPYC benchmark host it hashes
+4.6 GB/s on one core against SHA-256's 1.8 GB/s (with SHA-NI; 1.05 GB/s on the Intel host
+before it), and a training round hashes every model it moves, 14 times 100 MB in the
+bandwidth benchmark. Compute packages and stored analysis objects keep SHA-256, the checksum
+their users compute with standard tools.
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ import mmap
 import re
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
+
+import blake3
 
 from fedgrpc.errors import (
     ChecksumMismatch,
@@ -33,22 +43,53 @@ _MAP_BYTES = 1024 * 1024
 # Linux's MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not name it.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
-_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# Both algorithms give 256-bit digests: 64 hex digits.
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class Hasher(Protocol):
+    def update(self, data: Buffer, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class DigestAlgorithm:
+    """A 256-bit digest: its name in messages and a factory of incremental hashers."""
+
+    name: str
+    new: Callable[[], Hasher]
+
+    def hex(self, data: Buffer) -> str:
+        """The lowercase hex digest of ``data``."""
+        hasher = self.new()
+        hasher.update(data)
+        return hasher.hexdigest()
+
+
+# blake3.blake3 and hashlib.sha256 drop the GIL while they hash large inputs.
+BLAKE3 = DigestAlgorithm(name="blake3", new=blake3.blake3)
+SHA256 = DigestAlgorithm(name="sha256", new=hashlib.sha256)
+
+
+def model_digest(data: Buffer) -> str:
+    """The lowercase hex BLAKE3 digest of a model's bytes."""
+    return BLAKE3.hex(data)
 
 
 def sha256_hex(data: Buffer) -> str:
-    """The lowercase hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+    """The lowercase hex sha256 of ``data`` (packages, stored objects)."""
+    return SHA256.hex(data)
 
 
-def check_inline(data: Buffer, claimed_sha256: str, *, limit: int, what: str) -> str:
+def check_inline(data: Buffer, claimed_digest: str, *, limit: int, what: str) -> str:
     """The digest of a model carried inside a message, checked as a transfer would be:
-    PayloadTooLarge over ``limit``, ChecksumMismatch when the sender's sha256 differs."""
+    PayloadTooLarge over ``limit``, ChecksumMismatch when the sender's digest differs."""
     check_inline_size(_nbytes(data), limit=limit, what=what)
-    actual = sha256_hex(data)
-    if actual != claimed_sha256.lower():
+    actual = model_digest(data)
+    if actual != claimed_digest.lower():
         raise ChecksumMismatch(
-            f"{what}'s sha256 is {actual}, the sender says {claimed_sha256 or '(none)'}"
+            f"{what}'s digest is {actual}, the sender says {claimed_digest or '(none)'}"
         )
     return actual
 
@@ -94,15 +135,17 @@ class StreamVerifier:
         self,
         *,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
         max_size: int | None = None,
-        known_sha256: str | None = None,
+        known_digest: str | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> None:
+        self.algorithm = algorithm
         self.expected_size = _checked_size("expected_size", expected_size)
-        self.expected_sha256 = _checked_sha256(expected_sha256)
+        self.expected_digest = _checked_digest(expected_digest, algorithm)
         # The digest of the bytes to come, already computed by the caller over exactly them:
         # they are then only counted, not hashed a second time.
-        self._known_sha256 = _checked_sha256(known_sha256)
+        self._known_digest = _checked_digest(known_digest, algorithm)
         self.max_size = _checked_size("max_size", max_size)
         if _exceeds(self.expected_size, self.max_size):
             # Refuse before a single chunk is read (or a buffer allocated).
@@ -112,23 +155,23 @@ class StreamVerifier:
             )
         self.received = 0
         self._digested = 0
-        self._hasher = hashlib.sha256()
+        self._hasher = algorithm.new()
         self._finished = False
 
     @property
-    def sha256(self) -> str:
-        """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
-        if self._known_sha256 is not None:
-            return self._known_sha256
+    def digest(self) -> str:
+        """Hex digest of the bytes accepted so far (of the whole payload once finished)."""
+        if self._known_digest is not None:
+            return self._known_digest
         return self._hasher.hexdigest()
 
     def update(self, chunk: Buffer) -> None:
         """Account for one chunk; PayloadTooLarge if it pushes the total over a limit."""
         self.account(chunk)
-        self.digest(chunk)
+        self.hash_chunk(chunk)
 
     def account(self, chunk: Buffer) -> None:
-        """:meth:`update`'s size checks without the hashing, which :meth:`digest` then does.
+        """:meth:`update`'s size checks without the hashing, which :meth:`hash_chunk` then does.
 
         Splitting the two lets a receiver hash a chunk in a worker thread while the next one
         arrives; every accounted chunk must be digested, in order, before :meth:`finish`.
@@ -148,22 +191,24 @@ class StreamVerifier:
             )
         self.received = total
 
-    def digest(self, chunk: Buffer) -> None:
+    def hash_chunk(self, chunk: Buffer) -> None:
         """Hash one accounted chunk (see :meth:`account`)."""
-        if self._known_sha256 is None:
+        if self._known_digest is None:
             self._hasher.update(chunk)
         self._digested += _nbytes(chunk)
 
-    def expect_sha256(self, value: str) -> None:
+    def expect_digest(self, value: str) -> None:
         """Check the payload against ``value`` at :meth:`finish`: a digest announced after the
         data (a stream's trailer) rather than in its header."""
-        if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
-            raise InvalidArgument(f"the announced sha256 must be 64 hex digits, got {value!r}")
-        if self.expected_sha256 is not None and value.lower() != self.expected_sha256:
+        if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
             raise InvalidArgument(
-                f"the stream announced two digests: {self.expected_sha256} and {value.lower()}"
+                f"the announced {self.algorithm.name} digest must be 64 hex digits, got {value!r}"
             )
-        self.expected_sha256 = value.lower()
+        if self.expected_digest is not None and value.lower() != self.expected_digest:
+            raise InvalidArgument(
+                f"the stream announced two digests: {self.expected_digest} and {value.lower()}"
+            )
+        self.expected_digest = value.lower()
 
     def finish(self) -> None:
         """Check the completed stream: TruncatedStream if short, ChecksumMismatch if corrupt."""
@@ -179,10 +224,10 @@ class StreamVerifier:
                 f"stream ended after {self.received} bytes, its header announced "
                 f"{self.expected_size} bytes ({self.expected_size - self.received} missing)"
             )
-        if self.expected_sha256 is not None and self.sha256 != self.expected_sha256:
+        if self.expected_digest is not None and self.digest != self.expected_digest:
             raise ChecksumMismatch(
-                f"sha256 mismatch over {self.received} bytes: the sender announced "
-                f"{self.expected_sha256}, received bytes hash to {self.sha256}"
+                f"{self.algorithm.name} mismatch over {self.received} bytes: the sender "
+                f"announced {self.expected_digest}, received bytes hash to {self.digest}"
             )
 
 
@@ -203,11 +248,15 @@ class ChunkAssembler:
         self,
         *,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
         max_size: int | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> None:
         self._verifier = StreamVerifier(
-            expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
+            expected_size=expected_size,
+            expected_digest=expected_digest,
+            max_size=max_size,
+            algorithm=algorithm,
         )
         self._parts: list[bytes] = []
         self._pending = bytearray()
@@ -218,9 +267,9 @@ class ChunkAssembler:
         return self._verifier.received
 
     @property
-    def sha256(self) -> str:
-        """Hex sha256 of the bytes accepted so far (of the whole payload once finished)."""
-        return self._verifier.sha256
+    def digest(self) -> str:
+        """Hex digest of the bytes accepted so far (of the whole payload once finished)."""
+        return self._verifier.digest
 
     def add(self, chunk: Buffer) -> None:
         """Append one chunk; raises PayloadTooLarge at the chunk that crosses a limit."""
@@ -242,11 +291,11 @@ class ChunkAssembler:
         else:
             self._flush_pending()
             self._parts.append(owned)
-        return partial(self._verifier.digest, owned)
+        return partial(self._verifier.hash_chunk, owned)
 
-    def expect_sha256(self, value: str) -> None:
-        """See :meth:`StreamVerifier.expect_sha256`."""
-        self._verifier.expect_sha256(value)
+    def expect_digest(self, value: str) -> None:
+        """See :meth:`StreamVerifier.expect_digest`."""
+        self._verifier.expect_digest(value)
 
     def finish(self) -> bytes:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
@@ -280,10 +329,10 @@ class BufferAssembler:
     """
 
     def __init__(
-        self, *, expected_size: int, expected_sha256: str | None = None, max_size: int | None
+        self, *, expected_size: int, expected_digest: str | None = None, max_size: int | None
     ) -> None:
         self._verifier = StreamVerifier(
-            expected_size=expected_size, expected_sha256=expected_sha256, max_size=max_size
+            expected_size=expected_size, expected_digest=expected_digest, max_size=max_size
         )
         self._size = expected_size
         self._view: memoryview | None = None
@@ -309,11 +358,11 @@ class BufferAssembler:
         assert self._view is not None  # for mypy: prepare() set it
         target = self._view[start : self._verifier.received]
         target[:] = chunk if not isinstance(chunk, memoryview) else chunk.cast("B")
-        return partial(self._verifier.digest, target)
+        return partial(self._verifier.hash_chunk, target)
 
-    def expect_sha256(self, value: str) -> None:
-        """See :meth:`StreamVerifier.expect_sha256`."""
-        self._verifier.expect_sha256(value)
+    def expect_digest(self, value: str) -> None:
+        """See :meth:`StreamVerifier.expect_digest`."""
+        self._verifier.expect_digest(value)
 
     def finish(self) -> memoryview:
         """The verified payload; TruncatedStream if short, ChecksumMismatch if corrupt."""
@@ -361,11 +410,12 @@ def _checked_size(field: str, value: int | None) -> int | None:
     return value
 
 
-def _checked_sha256(value: str | None) -> str | None:
+def _checked_digest(value: str | None, algorithm: DigestAlgorithm) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+    if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
         raise InvalidArgument(
-            f"expected_sha256 must be 64 hex digits (or None when unknown), got {value!r}"
+            f"the expected {algorithm.name} digest must be 64 hex digits (or None when "
+            f"unknown), got {value!r}"
         )
     return value.lower()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from fedgrpc.errors import InvalidArgument
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, Buffer, iter_chunks
+from fedgrpc.model.chunking import BLAKE3, DEFAULT_CHUNK_SIZE, Buffer, DigestAlgorithm, iter_chunks
 
 # Also what keeps ids safe as file names: no separators, no "..", no hidden or temp names.
 _MODEL_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -22,7 +22,8 @@ class StoredModel:
 
     model_id: str
     size: int
-    sha256: str
+    # Hex digest in the put's algorithm: BLAKE3 for models, SHA-256 where the caller asked.
+    digest: str
 
 
 def validate_model_id(model_id: object) -> str:
@@ -54,16 +55,18 @@ class ModelStore(ABC):
         chunks: Iterable[Buffer],
         *,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
         durable: bool = True,
-        verified_sha256: str | None = None,
+        verified_digest: str | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         """Store a streamed model under a new id.
 
         ``durable=False`` may skip forcing the data to stable storage (fsync): for scratch
         models that are deleted soon and need not survive a crash, e.g. a round's partials.
-        ``verified_sha256``: the caller has just hashed exactly these bytes; it is recorded
-        instead of hashing them again (sizes and limits are still checked).
+        ``verified_digest``: the caller has just hashed exactly these bytes; it is recorded
+        instead of hashing them again (sizes and limits are still checked). Digests are in
+        ``algorithm``: BLAKE3 for models, SHA-256 for packages and stored objects.
 
         Raises InvalidArgument (bad id), AlreadyExists, PayloadTooLarge (over ``max_size`` or
         ``expected_size``), TruncatedStream, ChecksumMismatch; an exception from ``chunks``
@@ -76,11 +79,12 @@ class ModelStore(ABC):
         data: Buffer,
         *,
         durable: bool = True,
-        verified_sha256: str | None = None,
+        verified_digest: str | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         """Store an in-memory model.
 
-        ``verified_sha256`` is the digest of ``data`` as the caller has just checked it (e.g.
+        ``verified_digest`` is the digest of ``data`` as the caller has just checked it (e.g.
         a received upload): it is recorded as it is instead of hashing the bytes again.
         """
         return self.put(
@@ -88,7 +92,8 @@ class ModelStore(ABC):
             iter_chunks(data),
             expected_size=memoryview(data).nbytes,
             durable=durable,
-            verified_sha256=verified_sha256,
+            verified_digest=verified_digest,
+            algorithm=algorithm,
         )
 
     @abstractmethod
@@ -100,19 +105,19 @@ class ModelStore(ABC):
         """
 
     def copy(
-        self, source_id: str, model_id: str, *, verified_sha256: str | None = None
+        self, source_id: str, model_id: str, *, verified_digest: str | None = None
     ) -> StoredModel:
-        """Store the bytes of ``source_id`` under the new id ``model_id``, durably.
+        """Store the bytes of model ``source_id`` under the new id ``model_id``, durably.
 
         For a model that already lies in the store (a round's partial becoming the new
         global model). Streams through :meth:`put`; stores that can share the stored bytes do
-        so instead. ``verified_sha256`` as for :meth:`put`.
+        so instead. ``verified_digest`` (BLAKE3) as for :meth:`put`.
         """
         return self.put(
             model_id,
             self.get(source_id),
             expected_size=self.size(source_id),
-            verified_sha256=verified_sha256,
+            verified_digest=verified_digest,
         )
 
     def get_bytes(self, model_id: str) -> bytes:

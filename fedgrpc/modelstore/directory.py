@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -10,7 +9,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fedgrpc.errors import AlreadyExists, NotFound
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, Buffer, StreamVerifier, check_chunk_size
+from fedgrpc.model.chunking import (
+    BLAKE3,
+    DEFAULT_CHUNK_SIZE,
+    Buffer,
+    DigestAlgorithm,
+    StreamVerifier,
+    check_chunk_size,
+)
 from fedgrpc.modelstore.base import ModelStore, StoredModel, validate_model_id
 
 # Valid ids never start with '.', so in-progress uploads can never be mistaken for models.
@@ -37,16 +43,18 @@ class DirectoryModelStore(ModelStore):
         chunks: Iterable[Buffer],
         *,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
         durable: bool = True,
-        verified_sha256: str | None = None,
+        verified_digest: str | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         final_path = self._path(model_id)
         verifier = StreamVerifier(
             expected_size=expected_size,
-            expected_sha256=expected_sha256,
+            expected_digest=expected_digest,
             max_size=self.max_size,
-            known_sha256=verified_sha256,
+            known_digest=verified_digest,
+            algorithm=algorithm,
         )
         # Fail before receiving the payload; the link below is what actually guarantees it.
         if final_path.exists():
@@ -61,10 +69,10 @@ class DirectoryModelStore(ModelStore):
             _publish(temp_path, final_path, model_id, durable=durable)
         finally:
             temp_path.unlink(missing_ok=True)
-        return StoredModel(model_id=model_id, size=verifier.received, sha256=verifier.sha256)
+        return StoredModel(model_id=model_id, size=verifier.received, digest=verifier.digest)
 
     def copy(
-        self, source_id: str, model_id: str, *, verified_sha256: str | None = None
+        self, source_id: str, model_id: str, *, verified_digest: str | None = None
     ) -> StoredModel:
         """A hard link to the source's file: no byte is read or written again, only forced to
         disk (the source may have been stored with ``durable=False``)."""
@@ -76,11 +84,11 @@ class DirectoryModelStore(ModelStore):
         try:
             os.fsync(fd)
             size = os.fstat(fd).st_size
-            sha256 = verified_sha256 or _file_sha256(fd)
+            digest = verified_digest or _file_digest(fd)
         finally:
             os.close(fd)
         _publish(source_path, final_path, model_id, durable=True)
-        return StoredModel(model_id=model_id, size=size, sha256=sha256)
+        return StoredModel(model_id=model_id, size=size, digest=digest)
 
     def get(self, model_id: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         check_chunk_size(chunk_size)
@@ -155,9 +163,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _file_sha256(fd: int) -> str:
+def _file_digest(fd: int) -> str:
+    hasher = BLAKE3.new()
     with os.fdopen(os.dup(fd), "rb") as model_file:
-        return hashlib.file_digest(model_file, "sha256").hexdigest()
+        while chunk := model_file.read(DEFAULT_CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _read_chunks(model_file: BinaryIO, chunk_size: int) -> Iterator[bytes]:

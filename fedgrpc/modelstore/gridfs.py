@@ -23,7 +23,14 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from fedgrpc.errors import AlreadyExists, DataLoss, NotFound, Unavailable
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, Buffer, StreamVerifier, check_chunk_size
+from fedgrpc.model.chunking import (
+    BLAKE3,
+    DEFAULT_CHUNK_SIZE,
+    Buffer,
+    DigestAlgorithm,
+    StreamVerifier,
+    check_chunk_size,
+)
 from fedgrpc.modelstore.base import ModelStore, StoredModel, validate_model_id
 
 logger = logging.getLogger(__name__)
@@ -54,16 +61,18 @@ class GridFSModelStore(ModelStore):
         chunks: Iterable[Buffer],
         *,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
         durable: bool = True,  # GridFS: the database's write concern decides durability
-        verified_sha256: str | None = None,
+        verified_digest: str | None = None,
+        algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         validate_model_id(model_id)
         verifier = StreamVerifier(
             expected_size=expected_size,
-            expected_sha256=expected_sha256,
+            expected_digest=expected_digest,
             max_size=self.max_size,
-            known_sha256=verified_sha256,
+            known_digest=verified_digest,
+            algorithm=algorithm,
         )
         with self._mongo_errors(f"storing model {model_id!r}"):
             # Fail before receiving the payload; the unique index is the real guarantee.
@@ -78,7 +87,7 @@ class GridFSModelStore(ModelStore):
             except BaseException:
                 _abort_quietly(upload, model_id)
                 raise
-        return StoredModel(model_id=model_id, size=verifier.received, sha256=verifier.sha256)
+        return StoredModel(model_id=model_id, size=verifier.received, digest=verifier.digest)
 
     def get(self, model_id: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
         check_chunk_size(chunk_size)
@@ -152,7 +161,7 @@ def _write_verified(upload: GridIn, chunks: Iterable[Buffer], verifier: StreamVe
         # GridIn accepts only bytes (not memoryview/bytearray).
         upload.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
     verifier.finish()
-    upload.metadata = {"sha256": verifier.sha256}
+    upload.metadata = {verifier.algorithm.name: verifier.digest}
     upload.close()
 
 

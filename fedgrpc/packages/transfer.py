@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from fedgrpc.errors import InvalidArgument
-from fedgrpc.model.chunking import DEFAULT_CHUNK_SIZE, ChunkAssembler, iter_chunks, sha256_hex
+from fedgrpc.model.chunking import (
+    DEFAULT_CHUNK_SIZE,
+    SHA256,
+    ChunkAssembler,
+    iter_chunks,
+    sha256_hex,
+)
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.rpc.channel import typed_errors
@@ -97,7 +103,10 @@ async def receive_package(
             if check_header is not None:
                 check_header(header)
             assembler = ChunkAssembler(
-                expected_size=header.total_size, expected_sha256=header.sha256, max_size=max_size
+                expected_size=header.total_size,
+                expected_digest=header.sha256,
+                max_size=max_size,
+                algorithm=SHA256,
             )
         elif assembler is None:
             raise InvalidArgument("package stream must start with a header message")

@@ -34,12 +34,12 @@ class SharedModelTask:
     """A ``ServerMessage`` whose task carries ``model``, a payload shared with other messages.
 
     ``message`` holds a ``train`` or ``validate`` task without its ``model`` and
-    ``model_sha256``; :meth:`encode` adds both on the wire.
+    ``model_digest``; :meth:`encode` adds both on the wire.
     """
 
     message: combiner_pb2.ServerMessage
     model: bytes
-    model_sha256: str
+    model_digest: str
 
     def __post_init__(self) -> None:
         if self.message.WhichOneof("kind") not in _KINDS:
@@ -47,7 +47,7 @@ class SharedModelTask:
 
     def encode(self) -> bytes:
         kind = str(self.message.WhichOneof("kind"))
-        additions = [("model_sha256", self.model_sha256.encode()), ("model", self.model)]
+        additions = [("model_digest", self.model_digest.encode()), ("model", self.model)]
         return encode_in_submessage(self.message, kind, additions)
 
     def decoded(self) -> combiner_pb2.ServerMessage:

@@ -7,7 +7,6 @@ temporary directory, and its JSON ready line read from stdout with a deadline.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import blake3
 import grpc
 import numpy as np
 import pytest
@@ -242,9 +242,7 @@ class ControlClient:
 
     def upload_model(self, arrays: Sequence[np.ndarray]) -> str:
         data = dump_model(list(arrays))
-        header = model_pb2.ModelHeader(
-            total_size=len(data), sha256=hashlib.sha256(data).hexdigest()
-        )
+        header = model_pb2.ModelHeader(total_size=len(data), digest=blake3.blake3(data).hexdigest())
         messages = [model_pb2.ModelChunk(header=header)] + [
             model_pb2.ModelChunk(data=data[start : start + UPLOAD_CHUNK])
             for start in range(0, len(data), UPLOAD_CHUNK)
@@ -268,7 +266,7 @@ class ControlClient:
                 data += message.data
         assert header is not None
         assert len(data) == header.total_size
-        assert hashlib.sha256(data).hexdigest() == header.sha256
+        assert blake3.blake3(data).hexdigest() == header.digest
         return named_to_list(load_model(bytes(data)))
 
     def seed(self, arrays: Sequence[np.ndarray]) -> str:

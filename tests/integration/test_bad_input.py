@@ -106,15 +106,15 @@ async def test_bad_list_arguments(local_network: LocalNetwork) -> None:
     )
 
 
-async def test_upload_with_wrong_sha256_is_refused_and_not_stored(
+async def test_upload_with_wrong_digest_is_refused_and_not_stored(
     local_network: LocalNetwork,
 ) -> None:
     net = local_network
     messages = list(
         model_stream(dump_model([np.ones(4, dtype=np.float32)]), header=model_pb2.ModelHeader())
     )
-    messages[0].header.sha256 = "0" * 64
-    await expect_status(raw_upload(net.models, messages), CODE.DATA_LOSS, "sha256")
+    messages[0].header.digest = "0" * 64
+    await expect_status(raw_upload(net.models, messages), CODE.DATA_LOSS, "blake3 mismatch")
     truncated = list(
         model_stream(
             dump_model([np.ones(4096, dtype=np.float32)]),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedgrpc.combiner.app import Combiner
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import model_digest
 from fedgrpc.model.serialization import dump_model
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.control.v1 import control_pb2
@@ -85,7 +85,7 @@ class RawClient:
             session_id=task.session_id,
             round_id=task.round_id,
             model=data,
-            sha256=sha256_hex(data + b"x" if corrupt else data) if digest else "",
+            digest=model_digest(data + b"x" if corrupt else data) if digest else "",
             metadata=dict_to_struct({"num_examples": 1}),
         )
         self.outbox.put_nowait(combiner_pb2.ClientMessage(update=update))
@@ -187,7 +187,7 @@ async def test_corrupted_inline_update_is_refused_and_round_goes_on(
 
     def corrupt(raw: RawClient, task: combiner_pb2.TrainTask) -> None:
         assert task.model
-        assert task.model_sha256 == sha256_hex(task.model)
+        assert task.model_digest == model_digest(task.model)
         raw.send_update(task, 100.0, corrupt=True)
 
     combiner, session, outcome = await _one_round_beside_a_good_client(net, "corrupt", corrupt)

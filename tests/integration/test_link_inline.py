@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from fedgrpc.controller.link_models import (
     store_inline_partials,
 )
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge
-from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.model.chunking import model_digest
 from fedgrpc.model.serialization import dump_model
 from fedgrpc.proto.network.v1 import network_pb2
 from tests.integration.conftest import LocalNetwork
@@ -20,25 +22,25 @@ from tests.integration.conftest import LocalNetwork
 PARTIAL = dump_model([np.arange(10, dtype=np.float32)])
 
 
-def _result(data: bytes, sha256: str) -> network_pb2.RoundResult:
-    return network_pb2.RoundResult(round_id="r", partial=data, partial_sha256=sha256)
+def _result(data: bytes, digest: str) -> network_pb2.RoundResult:
+    return network_pb2.RoundResult(round_id="r", partial=data, partial_digest=digest)
 
 
 def test_a_checked_inline_partial_is_stored_with_its_digest(local_network: LocalNetwork) -> None:
     network = local_network.controller.network
-    model_id = store_inline_partial(network, PARTIAL, sha256_hex(PARTIAL))
+    model_id = store_inline_partial(network, PARTIAL, model_digest(PARTIAL))
     assert model_id.startswith("partial-")
     assert network.models.get_bytes(model_id) == PARTIAL
-    assert network.partial_digests[model_id] == sha256_hex(PARTIAL)
+    assert network.partial_digests[model_id] == model_digest(PARTIAL)
 
 
 def test_an_inline_partial_that_fails_its_checks_is_refused(local_network: LocalNetwork) -> None:
     network = local_network.controller.network
-    with pytest.raises(ChecksumMismatch, match="inline partial's sha256"):
-        store_inline_partial(network, PARTIAL, sha256_hex(PARTIAL + b"x"))
+    with pytest.raises(ChecksumMismatch, match="inline partial's digest"):
+        store_inline_partial(network, PARTIAL, model_digest(PARTIAL + b"x"))
     too_big = b"x" * (network.config.inline_model_bytes + 1)
     with pytest.raises(PayloadTooLarge, match="inline"):
-        store_inline_partial(network, too_big, sha256_hex(too_big))
+        store_inline_partial(network, too_big, model_digest(too_big))
     assert network.partial_digests == {}
 
 
@@ -46,22 +48,22 @@ async def test_a_refused_partial_turns_its_result_into_an_error(
     local_network: LocalNetwork,
 ) -> None:
     network = local_network.controller.network
-    good, bad = _result(PARTIAL, sha256_hex(PARTIAL)), _result(PARTIAL, "0" * 64)
+    good, bad = _result(PARTIAL, model_digest(PARTIAL)), _result(PARTIAL, "0" * 64)
     await store_inline_partials(network, {"good": good, "bad": bad})
     assert good.model_id.startswith("partial-")
     assert not good.error
     assert (bad.model_id, bad.partial) == ("", b"")
-    assert "sha256" in bad.error
+    assert "digest" in bad.error
 
 
 def test_the_combiner_checks_an_inline_global_model() -> None:
     assignment = network_pb2.RoundAssignment(
-        model_id="m", model=PARTIAL, model_sha256=sha256_hex(PARTIAL)
+        model_id="m", model=PARTIAL, model_digest=model_digest(PARTIAL)
     )
     assert _inline_model(assignment, PARTIAL, 1 << 20).data == PARTIAL
     with pytest.raises(PayloadTooLarge, match="inline limit of 10 bytes"):
         _inline_model(assignment, PARTIAL, 10)
-    assignment.model_sha256 = sha256_hex(b"other")
+    assignment.model_digest = model_digest(b"other")
     with pytest.raises(ChecksumMismatch, match="inline model m"):
         _inline_model(assignment, PARTIAL, 1 << 20)
 
@@ -73,8 +75,30 @@ async def test_the_controller_sends_only_small_models_inline(local_network: Loca
     inline = InlineModel(network)
     found = await inline.get(small)
     assert found is not None
-    assert found[1] == sha256_hex(found[0])
+    assert found[1] == model_digest(found[0])
     assert await inline.get(large) is None
     assert await inline.get("no-such-model") is None  # the download path reports it
-    inline.remember("new", PARTIAL, sha256_hex(PARTIAL))
-    assert await inline.get("new") == (PARTIAL, sha256_hex(PARTIAL))
+    inline.remember("new", PARTIAL, model_digest(PARTIAL))
+    assert await inline.get("new") == (PARTIAL, model_digest(PARTIAL))
+
+
+async def test_a_model_recorded_before_blake3_digests_is_served_and_sent_inline(
+    local_network: LocalNetwork,
+) -> None:
+    """A record written when model digests were SHA-256 has a ``sha256`` and no ``digest``:
+    it is downloaded without a digest to check against, and inline with one computed anew."""
+    network = local_network.controller.network
+    arrays = [np.arange(12, dtype=np.float32)]
+    data = dump_model(arrays)
+    network.models.put_bytes("legacy", data)
+    network.store.models.create(
+        id="legacy",
+        parent_model=None,
+        session_id=None,
+        name="old",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    downloaded = await local_network.download("legacy")
+    assert np.array_equal(downloaded["0"], arrays[0])
+    assert await InlineModel(network).get("legacy") == (data, model_digest(data))

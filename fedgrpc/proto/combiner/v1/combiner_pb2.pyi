@@ -62,7 +62,7 @@ class ClientMessage(_message.Message):
     def update(self) -> Global___ModelUpdate:
         """A train task's update sent inline (instead of a ModelService Upload), when it is at
         most the inline limit announced in Welcome. The combiner checks it like an upload: the
-        task must be this client's and open, its size within the limits, and its sha256, when
+        task must be this client's and open, its size within the limits, and its digest, when
         sent, must match (else the task is recorded as rejected with DATA_LOSS).
         """
 
@@ -100,7 +100,7 @@ class ModelUpdate(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ROUND_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The train task this update answers."""
@@ -108,8 +108,8 @@ class ModelUpdate(_message.Message):
     round_id: _builtins.str
     model: _builtins.bytes
     """The update (safetensors), at most the inline limit."""
-    sha256: _builtins.str
-    """SHA-256 of `model`, lowercase hex (64 characters); optional, checked when set. One
+    digest: _builtins.str
+    """BLAKE3 digest of `model`, lowercase hex (64 characters); optional, checked when set. One
     message arrives whole or not at all (gRPC's framing; TLS off loopback), so fedgrpc's
     client leaves it empty; digests guard models assembled from chunks or stored by them.
     """
@@ -124,12 +124,12 @@ class ModelUpdate(_message.Message):
         session_id: _builtins.str = ...,
         round_id: _builtins.str = ...,
         model: _builtins.bytes = ...,
-        sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "model", b"model", "round_id", b"round_id", "session_id", b"session_id", "sha256", b"sha256", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "metadata", b"metadata", "model", b"model", "round_id", b"round_id", "session_id", b"session_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,7 +369,7 @@ class TrainTask(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     session_id: _builtins.str
     round_id: _builtins.str
@@ -381,8 +381,8 @@ class TrainTask(_message.Message):
     """The model itself when it is small (see Welcome/ClientHello.inline_model_bytes); empty:
     download `model_id` from ModelService.
     """
-    model_sha256: _builtins.str
-    """SHA-256 of `model`, lowercase hex; set whenever `model` is (the combiner checked it).
+    model_digest: _builtins.str
+    """BLAKE3 digest of `model`, lowercase hex; set whenever `model` is (the combiner checked it).
     A client need not hash `model` again: one message arrives whole or not at all.
     """
     @_builtins.property
@@ -400,11 +400,11 @@ class TrainTask(_message.Message):
         settings: _struct_pb2.Struct | None = ...,
         timeout: _builtins.float = ...,
         model: _builtins.bytes = ...,
-        model_sha256: _builtins.str = ...,
+        model_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_id", b"model_id", "model_sha256", b"model_sha256", "round_id", b"round_id", "round_number", b"round_number", "session_id", b"session_id", "settings", b"settings", "task_id", b"task_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_digest", b"model_digest", "model_id", b"model_id", "round_id", b"round_id", "round_number", b"round_number", "session_id", b"session_id", "settings", b"settings", "task_id", b"task_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,15 +422,15 @@ class ValidateTask(_message.Message):
     MODEL_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     session_id: _builtins.str
     round_id: _builtins.str
     model_id: _builtins.str
     timeout: _builtins.float
     model: _builtins.bytes
-    """As TrainTask.model and TrainTask.model_sha256."""
-    model_sha256: _builtins.str
+    """As TrainTask.model and TrainTask.model_digest."""
+    model_digest: _builtins.str
     def __init__(
         self,
         *,
@@ -440,11 +440,11 @@ class ValidateTask(_message.Message):
         model_id: _builtins.str = ...,
         timeout: _builtins.float = ...,
         model: _builtins.bytes = ...,
-        model_sha256: _builtins.str = ...,
+        model_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_id", b"model_id", "model_sha256", b"model_sha256", "round_id", b"round_id", "session_id", b"session_id", "task_id", b"task_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_digest", b"model_digest", "model_id", b"model_id", "round_id", b"round_id", "session_id", b"session_id", "task_id", b"task_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -656,7 +656,7 @@ class Model(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ROUND_NUMBER_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
@@ -667,7 +667,8 @@ class Model(_message.Message):
     session_id: _builtins.str
     round_number: _builtins.int
     size: _builtins.int
-    sha256: _builtins.str
+    digest: _builtins.str
+    """BLAKE3 digest of the stored bytes, lowercase hex (as ModelService's headers carry it)."""
     created_at: _builtins.str
     updated_at: _builtins.str
     active: _builtins.bool
@@ -681,14 +682,14 @@ class Model(_message.Message):
         session_id: _builtins.str = ...,
         round_number: _builtins.int = ...,
         size: _builtins.int = ...,
-        sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
         created_at: _builtins.str = ...,
         updated_at: _builtins.str = ...,
         active: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "id", b"id", "name", b"name", "parent_model", b"parent_model", "round_number", b"round_number", "session_id", b"session_id", "sha256", b"sha256", "size", b"size", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created_at", b"created_at", "digest", b"digest", "id", b"id", "name", b"name", "parent_model", b"parent_model", "round_number", b"round_number", "session_id", b"session_id", "size", b"size", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,8 @@ class ModelServiceStub:
     Status codes used by both RPCs:
     NOT_FOUND          no model with the requested model_id exists.
     INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-    DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+    DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+    trailer's), or the stream ended
     before header.total_size bytes arrived (truncated stream).
     RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
     server's size limit.
@@ -64,7 +65,8 @@ class ModelServiceServicer:
     Status codes used by both RPCs:
     NOT_FOUND          no model with the requested model_id exists.
     INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-    DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+    DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+    trailer's), or the stream ended
     before header.total_size bytes arrived (truncated stream).
     RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
     server's size limit.
@@ -73,7 +75,7 @@ class ModelServiceServicer:
 
     def Upload(self, request_iterator, context):
         """Receives one model: a header, then its data chunks. The model is stored only once the whole
-        payload arrived and its SHA-256 matched header.sha256.
+        payload arrived and its BLAKE3 digest matched the one in the header or trailer (if sent).
         Errors: INVALID_ARGUMENT (header missing, not first, or repeated), DATA_LOSS (digest
         mismatch or fewer/more bytes than header.total_size), RESOURCE_EXHAUSTED (over the size
         limit), ALREADY_EXISTS (header.model_id is already stored).
@@ -83,7 +85,7 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Sends one stored model: a header first (with total_size, chunk_size and sha256 filled in),
+        """Sends one stored model: a header first (with total_size, chunk_size and digest filled in),
         then the data chunks in order.
         Errors: NOT_FOUND (unknown model_id).
         """
@@ -119,7 +121,8 @@ class ModelService:
     Status codes used by both RPCs:
     NOT_FOUND          no model with the requested model_id exists.
     INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-    DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+    DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+    trailer's), or the stream ended
     before header.total_size bytes arrived (truncated stream).
     RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
     server's size limit.

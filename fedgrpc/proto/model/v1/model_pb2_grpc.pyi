@@ -35,7 +35,8 @@ class ModelServiceStub:
     Status codes used by both RPCs:
       NOT_FOUND          no model with the requested model_id exists.
       INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-      DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+      DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+                         trailer's), or the stream ended
                          before header.total_size bytes arrived (truncated stream).
       RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
                          server's size limit.
@@ -48,13 +49,13 @@ class ModelServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ModelServiceAsyncStub: ...
     Upload: _grpc.StreamUnaryMultiCallable[_model_pb2.ModelChunk, _model_pb2.UploadResponse]
     """Receives one model: a header, then its data chunks. The model is stored only once the whole
-    payload arrived and its SHA-256 matched header.sha256.
+    payload arrived and its BLAKE3 digest matched the one in the header or trailer (if sent).
     Errors: INVALID_ARGUMENT (header missing, not first, or repeated), DATA_LOSS (digest
     mismatch or fewer/more bytes than header.total_size), RESOURCE_EXHAUSTED (over the size
     limit), ALREADY_EXISTS (header.model_id is already stored).
     """
     Download: _grpc.UnaryStreamMultiCallable[_model_pb2.DownloadRequest, _model_pb2.ModelChunk]
-    """Sends one stored model: a header first (with total_size, chunk_size and sha256 filled in),
+    """Sends one stored model: a header first (with total_size, chunk_size and digest filled in),
     then the data chunks in order.
     Errors: NOT_FOUND (unknown model_id).
     """
@@ -67,7 +68,8 @@ class ModelServiceAsyncStub(ModelServiceStub):
     Status codes used by both RPCs:
       NOT_FOUND          no model with the requested model_id exists.
       INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-      DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+      DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+                         trailer's), or the stream ended
                          before header.total_size bytes arrived (truncated stream).
       RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
                          server's size limit.
@@ -77,13 +79,13 @@ class ModelServiceAsyncStub(ModelServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Upload: _aio.StreamUnaryMultiCallable[_model_pb2.ModelChunk, _model_pb2.UploadResponse]  # type: ignore[assignment]
     """Receives one model: a header, then its data chunks. The model is stored only once the whole
-    payload arrived and its SHA-256 matched header.sha256.
+    payload arrived and its BLAKE3 digest matched the one in the header or trailer (if sent).
     Errors: INVALID_ARGUMENT (header missing, not first, or repeated), DATA_LOSS (digest
     mismatch or fewer/more bytes than header.total_size), RESOURCE_EXHAUSTED (over the size
     limit), ALREADY_EXISTS (header.model_id is already stored).
     """
     Download: _aio.UnaryStreamMultiCallable[_model_pb2.DownloadRequest, _model_pb2.ModelChunk]  # type: ignore[assignment]
-    """Sends one stored model: a header first (with total_size, chunk_size and sha256 filled in),
+    """Sends one stored model: a header first (with total_size, chunk_size and digest filled in),
     then the data chunks in order.
     Errors: NOT_FOUND (unknown model_id).
     """
@@ -95,7 +97,8 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     Status codes used by both RPCs:
       NOT_FOUND          no model with the requested model_id exists.
       INVALID_ARGUMENT   the stream does not start with a header, or carries a second header.
-      DATA_LOSS          the payload's SHA-256 differs from header.sha256, or the stream ended
+      DATA_LOSS          the payload's BLAKE3 digest differs from header.digest (or the
+                         trailer's), or the stream ended
                          before header.total_size bytes arrived (truncated stream).
       RESOURCE_EXHAUSTED the payload (header.total_size or the bytes actually sent) exceeds the
                          server's size limit.
@@ -109,7 +112,7 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.UploadResponse, _abc.Awaitable[_model_pb2.UploadResponse]]:
         """Receives one model: a header, then its data chunks. The model is stored only once the whole
-        payload arrived and its SHA-256 matched header.sha256.
+        payload arrived and its BLAKE3 digest matched the one in the header or trailer (if sent).
         Errors: INVALID_ARGUMENT (header missing, not first, or repeated), DATA_LOSS (digest
         mismatch or fewer/more bytes than header.total_size), RESOURCE_EXHAUSTED (over the size
         limit), ALREADY_EXISTS (header.model_id is already stored).
@@ -121,7 +124,7 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.DownloadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_model_pb2.ModelChunk], _abc.AsyncIterator[_model_pb2.ModelChunk]]:
-        """Sends one stored model: a header first (with total_size, chunk_size and sha256 filled in),
+        """Sends one stored model: a header first (with total_size, chunk_size and digest filled in),
         then the data chunks in order.
         Errors: NOT_FOUND (unknown model_id).
         """

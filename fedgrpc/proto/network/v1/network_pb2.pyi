@@ -296,7 +296,7 @@ class RoundResult(_message.Message):
     CLIENTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
-    PARTIAL_SHA256_FIELD_NUMBER: _builtins.int
+    PARTIAL_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     session_id: _builtins.str
     model_id: _builtins.str
@@ -311,8 +311,8 @@ class RoundResult(_message.Message):
     """Why the combiner could not take part, when it could not."""
     partial: _builtins.bytes
     """The partial mean itself (safetensors), when it is at most the link's inline limit."""
-    partial_sha256: _builtins.str
-    """SHA-256 of `partial`, as lowercase hex; the controller refuses a partial that differs."""
+    partial_digest: _builtins.str
+    """BLAKE3 digest of `partial`, as lowercase hex; the controller refuses a partial that differs."""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientRoundReport]: ...
     def __init__(
@@ -326,11 +326,11 @@ class RoundResult(_message.Message):
         clients: _abc.Iterable[Global___ClientRoundReport] | None = ...,
         error: _builtins.str = ...,
         partial: _builtins.bytes = ...,
-        partial_sha256: _builtins.str = ...,
+        partial_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "error", b"error", "model_id", b"model_id", "num_updates", b"num_updates", "partial", b"partial", "partial_sha256", b"partial_sha256", "round_id", b"round_id", "session_id", b"session_id", "total_weight", b"total_weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "error", b"error", "model_id", b"model_id", "num_updates", b"num_updates", "partial", b"partial", "partial_digest", b"partial_digest", "round_id", b"round_id", "session_id", b"session_id", "total_weight", b"total_weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,7 +624,7 @@ class RoundAssignment(_message.Message):
     REQUESTED_CLIENTS_FIELD_NUMBER: _builtins.int
     SAMPLING_SEED_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.str
     session_id: _builtins.str
     round_number: _builtins.int
@@ -644,8 +644,8 @@ class RoundAssignment(_message.Message):
     """Seed for sampling, so a run can be reproduced."""
     model: _builtins.bytes
     """The global model itself (safetensors), when it is at most the link's inline limit."""
-    model_sha256: _builtins.str
-    """SHA-256 of `model`, as lowercase hex; the combiner refuses a model that differs."""
+    model_digest: _builtins.str
+    """BLAKE3 digest of `model`, as lowercase hex; the combiner refuses a model that differs."""
     @_builtins.property
     def aggregator_kwargs(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -667,11 +667,11 @@ class RoundAssignment(_message.Message):
         requested_clients: _builtins.int = ...,
         sampling_seed: _builtins.int = ...,
         model: _builtins.bytes = ...,
-        model_sha256: _builtins.str = ...,
+        model_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings", "model", b"model", "model_id", b"model_id", "model_sha256", b"model_sha256", "requested_clients", b"requested_clients", "round_buffer_size", b"round_buffer_size", "round_id", b"round_id", "round_number", b"round_number", "round_timeout", b"round_timeout", "sampling_seed", b"sampling_seed", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "aggregator_kwargs", b"aggregator_kwargs", "client_settings", b"client_settings", "model", b"model", "model_digest", b"model_digest", "model_id", b"model_id", "requested_clients", b"requested_clients", "round_buffer_size", b"round_buffer_size", "round_id", b"round_id", "round_number", b"round_number", "round_timeout", b"round_timeout", "sampling_seed", b"sampling_seed", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
