@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,8 +33,10 @@ from fedgrpc.security.tls import channel_credentials_for
 
 log = logging.getLogger(__name__)
 
-TrainFn = Callable[[Any, Mapping[str, Any]], tuple[Any, Mapping[str, Any]]]
-ValidateFn = Callable[[Any], Mapping[str, Any]]
+# Plain functions run in a worker thread; ``async def`` ones on the client's event loop.
+TrainOutput = tuple[Any, Mapping[str, Any]]
+TrainFn = Callable[[Any, Mapping[str, Any]], TrainOutput | Awaitable[TrainOutput]]
+ValidateFn = Callable[[Any], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 StartupFn = Callable[[], Any]
 PredictFn = Callable[[Any], Any]
 

@@ -390,3 +390,43 @@ async def test_one_upload_at_a_time_still_folds_every_update(local_network: Loca
     np.testing.assert_allclose(
         (await net.download(session.model_id))["0"], [expected] * 8, rtol=1e-6
     )
+
+
+async def test_async_train_and_validate_run_on_the_clients_event_loop(
+    local_network: LocalNetwork,
+) -> None:
+    """``async def`` user functions run on the loop (no worker thread), mixed freely with
+    plain ones across clients, with the same results."""
+    net = local_network
+    await net.add_combiner("alpha")
+    threads: set[int] = set()
+    plain = shift_train(0.01)
+
+    async def train(model: list[np.ndarray], settings: Any) -> tuple[Any, dict[str, Any]]:
+        threads.add(threading.get_ident())
+        await asyncio.sleep(0)  # a coroutine may await while it trains
+        return plain(model, settings)
+
+    async def validate(model: list[np.ndarray]) -> dict[str, float]:
+        threads.add(threading.get_ident())
+        return {"accuracy": 0.75}
+
+    await net.add_client("async-site", train, validate)
+    await net.add_client("plain-site", shift_train(0.03), constant_validate)
+    await net.upload_seed(SEED)
+    session_id = await net.start_session(
+        rounds=2, round_timeout=20, requested_clients=2, min_clients=2
+    )
+    session = await net.wait_session(session_id)
+    assert (session.status, session.rounds_completed) == ("finished", 2)
+    rounds = await net.rounds(session_id)
+    committed = await net.download(rounds[-1].committed_model_id)
+    expected = fedavg_step(fedavg_step(SEED, [0.01, 0.03], [100, 100]), [0.01, 0.03], [100, 100])
+    for i, array in enumerate(expected):
+        np.testing.assert_allclose(committed[str(i)], array, rtol=1e-6)
+    assert threads == {threading.get_ident()}  # the test's loop is the clients' loop
+    validations = await net.control.ListValidations(
+        control_pb2.ListValidationsRequest(model_id=rounds[-1].committed_model_id)
+    )
+    by_sender = {v.sender_name: v for v in validations.result}
+    assert struct_to_dict(by_sender["async-site"].metrics) == {"accuracy": 0.75}
