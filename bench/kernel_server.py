@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from fedgrpc.allocator import tune_allocator
 from fedgrpc.model.chunking import model_digest
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.server import Service, service_name, start_server
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["grpc", "socket"])
     parser.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
+    tune_allocator()  # as the daemons do (fedgrpc/cli/daemon.py)
     if args.kind == "grpc":
         asyncio.run(serve_grpc(args.size))
     else:

@@ -20,6 +20,7 @@ from bench.kernel_server import receive_exactly
 from bench.procs import Child, spawn, stop_all, this_python
 from bench.results import KernelResult
 from fedgrpc.aggregators import WeightedMeanAccumulator
+from fedgrpc.allocator import tune_allocator
 from fedgrpc.proto.model.v1 import model_pb2
 from fedgrpc.rpc.channel import open_channel
 from fedgrpc.transfer import ModelTransferStub, download_model, upload_model
@@ -176,7 +177,13 @@ def _transfer_times(
 
 
 def transfer_kernels(size_bytes: int, repeats: int, log_dir: Path) -> list[KernelResult]:
-    """ModelService upload and download through a real server vs a plain TCP socket."""
+    """ModelService upload and download through a real server vs a plain TCP socket.
+
+    Both ends run as fedgrpc's daemons and clients do, with glibc's allocator tuned
+    (:func:`fedgrpc.allocator.tune_allocator`): this process is the uploading and downloading
+    client, the server process mounts the combiner's transfer code.
+    """
+    tune_allocator()
     payload = np.random.default_rng(1).bytes(size_bytes)
     children: list[Child] = []
     try:
