@@ -1,10 +1,12 @@
-"""Models on the combiner link: partial means stored for one round with the digest checked
-on arrival, and the small global model sent inline with each assignment.
+"""Models on the combiner link: partial means checked on arrival, and the small global model
+sent inline with each assignment.
 
-A partial arrives either through ``ModelService.Upload`` (large) or inline in the combiner's
-``RoundResult`` (up to the link's ``inline_model_bytes``). Both end up in the model store under
-a ``partial-`` id, and the controller remembers the digest it checked so the commit of a
-single-combiner round need not hash the model again.
+A partial arrives either through ``ModelService.Upload`` (large), stored for the round under a
+``partial-`` id, or inline in the combiner's ``RoundResult`` (up to the link's
+``inline_model_bytes``), kept in memory for the round: writing it to the store and reading it
+back cost a file and two worker-thread hops on the critical path of every small-model round.
+Either way the controller keeps the digest it checked, so the commit of a single-combiner round
+need not hash the model again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedgrpc.controller.records import model_record_digest
@@ -40,31 +43,39 @@ def store_partial(
     return model_id, stored
 
 
-def store_inline_partial(network: Network, partial: bytes, claimed_digest: str) -> str:
-    """Check and store a partial a combiner sent inline (blocking); its new id."""
+@dataclass(frozen=True, kw_only=True)
+class InlinePartial:
+    """A partial a combiner sent inline, checked: its bytes and their digest."""
+
+    data: bytes
+    digest: str
+
+
+def check_inline_partial(network: Network, partial: bytes, claimed_digest: str) -> InlinePartial:
+    """A partial sent inline, its size and digest checked as an upload's would be."""
     limit = network.config.inline_model_bytes
     actual = check_inline(partial, claimed_digest, limit=limit, what="inline partial")
-    model_id, _ = store_partial(network, partial, actual)
-    return model_id
+    return InlinePartial(data=partial, digest=actual)
 
 
-async def store_inline_partials(
+def take_inline_partials(
     network: Network, results: Mapping[str, network_pb2.RoundResult]
-) -> None:
-    """Give every inline partial among ``results`` a stored id (``model_id``); a partial that
-    fails its checks turns its result into an error, so the round goes on without it."""
+) -> dict[str, InlinePartial]:
+    """The checked inline partials among ``results``, by combiner. A partial that fails its
+    checks turns its result into an error, so the round goes on without it. Hashed on the
+    event loop: at most ``inline_model_bytes`` (1 MiB by default, 0.2 ms of BLAKE3)."""
+    checked: dict[str, InlinePartial] = {}
     for name, result in results.items():
         partial = result.partial  # each read of a bytes field copies it: read it once
         if not partial:
             continue
         try:
-            result.model_id = await asyncio.to_thread(
-                store_inline_partial, network, partial, result.partial_digest
-            )
+            checked[name] = check_inline_partial(network, partial, result.partial_digest)
         except FedgrpcError as exc:
             log.warning("combiner %s: %s", name, exc)
             result.error, result.model_id = str(exc), ""
         result.ClearField("partial")
+    return checked
 
 
 class InlineModel:

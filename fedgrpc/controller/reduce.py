@@ -32,6 +32,13 @@ class Partial:
     num_updates: int
     # The digest the controller checked when the partial arrived (None: unknown).
     digest: str | None = None
+    # The partial itself when it came inline (kept in memory; ``model_id`` is then ""),
+    # else None: it lies in the store under ``model_id``.
+    data: bytes | None = None
+
+    def read(self, store: ModelStore) -> bytes:
+        """The partial's bytes, from memory or from the store."""
+        return self.data if self.data is not None else store.get_bytes(self.model_id)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +46,9 @@ class ReduceOutcome:
     model_bytes: bytes
     # Known digest of model_bytes (a partial passed on as it arrived), saving a hash at commit.
     model_digest: str | None = None
-    # The stored model whose bytes model_bytes are (that partial): the commit copies it within
-    # the store (a hard link on a directory) instead of writing the bytes again.
+    # The stored model whose bytes model_bytes are (that partial, when it was stored): the
+    # commit copies it within the store (a hard link on a directory) instead of writing the
+    # bytes again.
     source_model_id: str | None = None
     state_bytes: bytes | None
     rejected: dict[str, str]  # combiner -> why its partial was not used
@@ -75,7 +83,7 @@ def reduce_round(
     rejected: dict[str, str] = {}
     for partial in partials:
         try:
-            mean = load_model(store.get_bytes(partial.model_id), max_size=max_model_size)
+            mean = load_model(partial.read(store), max_size=max_model_size)
             accumulator.merge_partial(mean, partial.total_weight, partial.num_updates)
         except InvalidArgument as exc:
             rejected[partial.combiner] = str(exc)
@@ -121,7 +129,7 @@ def _sole_partial_as_model(
     specs = _stored_specs(store, global_model_id)
     if specs is None or not all(_passes_through(spec) for spec in specs.values()):
         return None
-    data = store.get_bytes(partial.model_id)
+    data = partial.read(store)
     if len(data) > max_model_size or not is_canonical_model(data):
         return None
     try:
@@ -136,7 +144,7 @@ def _sole_partial_as_model(
     return ReduceOutcome(
         model_bytes=data,
         model_digest=partial.digest,
-        source_model_id=partial.model_id,
+        source_model_id=partial.model_id if partial.data is None else None,
         state_bytes=None,
         rejected={},
         num_updates=partial.num_updates,

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedgrpc.controller.link_models import InlineModel, store_inline_partials
+from fedgrpc.controller.link_models import InlineModel, InlinePartial, take_inline_partials
 from fedgrpc.controller.network import Network
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round, split_requested
 from fedgrpc.errors import FedgrpcError
@@ -162,7 +162,6 @@ class SessionRunner:
             lost = set(shares) - set(results)
         finally:
             self.network.registry.forget("round", round_.id)
-        await store_inline_partials(self.network, results)
         partials = self._collect(round_, results, lost)
         return await self._reduce(round_, partials)
 
@@ -207,18 +206,10 @@ class SessionRunner:
         self, round_: RoundRecord, results: dict[str, network_pb2.RoundResult], lost: set[str]
     ) -> list[Partial]:
         partials: list[Partial] = []
+        inline = take_inline_partials(self.network, results)
         for name, result in results.items():
-            if result.model_id:
-                round_.partial_ids.append(result.model_id)
-                partials.append(
-                    Partial(
-                        combiner=name,
-                        model_id=result.model_id,
-                        total_weight=result.total_weight,
-                        num_updates=result.num_updates,
-                        digest=self.network.partial_digests.get(result.model_id),
-                    )
-                )
+            if name in inline or result.model_id:
+                partials.append(self._partial(round_, name, result, inline.get(name)))
             round_.combiners.append(_combiner_report(name, result))
         for name in sorted(lost):
             round_.combiners.append(
@@ -235,6 +226,25 @@ class SessionRunner:
                 f"{updates} update(s) arrived; the session needs min_clients={needed}"
             )
         return partials
+
+    def _partial(
+        self,
+        round_: RoundRecord,
+        name: str,
+        result: network_pb2.RoundResult,
+        inline: InlinePartial | None,
+    ) -> Partial:
+        """A combiner's partial: inline (in memory) or stored under ``result.model_id``."""
+        if inline is None:
+            round_.partial_ids.append(result.model_id)  # deleted when the round ends
+        return Partial(
+            combiner=name,
+            model_id="" if inline else result.model_id,
+            total_weight=result.total_weight,
+            num_updates=result.num_updates,
+            digest=inline.digest if inline else self.network.partial_digests.get(result.model_id),
+            data=inline.data if inline else None,
+        )
 
     async def _reduce(self, round_: RoundRecord, partials: list[Partial]) -> ReduceOutcome:
         try:

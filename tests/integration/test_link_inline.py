@@ -10,12 +10,13 @@ import pytest
 from fedgrpc.combiner.core import _inline_model
 from fedgrpc.controller.link_models import (
     InlineModel,
-    store_inline_partial,
-    store_inline_partials,
+    check_inline_partial,
+    take_inline_partials,
 )
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge
 from fedgrpc.model.chunking import model_digest
 from fedgrpc.model.serialization import dump_model
+from fedgrpc.modelstore.directory import DirectoryModelStore
 from fedgrpc.proto.network.v1 import network_pb2
 from tests.integration.conftest import LocalNetwork
 
@@ -26,34 +27,37 @@ def _result(data: bytes, digest: str) -> network_pb2.RoundResult:
     return network_pb2.RoundResult(round_id="r", partial=data, partial_digest=digest)
 
 
-def test_a_checked_inline_partial_is_stored_with_its_digest(local_network: LocalNetwork) -> None:
+def test_a_checked_inline_partial_is_kept_in_memory_with_its_digest(
+    local_network: LocalNetwork,
+) -> None:
     network = local_network.controller.network
-    model_id = store_inline_partial(network, PARTIAL, model_digest(PARTIAL))
-    assert model_id.startswith("partial-")
-    assert network.models.get_bytes(model_id) == PARTIAL
-    assert network.partial_digests[model_id] == model_digest(PARTIAL)
+    checked = check_inline_partial(network, PARTIAL, model_digest(PARTIAL))
+    assert (checked.data, checked.digest) == (PARTIAL, model_digest(PARTIAL))
 
 
 def test_an_inline_partial_that_fails_its_checks_is_refused(local_network: LocalNetwork) -> None:
     network = local_network.controller.network
     with pytest.raises(ChecksumMismatch, match="inline partial's digest"):
-        store_inline_partial(network, PARTIAL, model_digest(PARTIAL + b"x"))
+        check_inline_partial(network, PARTIAL, model_digest(PARTIAL + b"x"))
     too_big = b"x" * (network.config.inline_model_bytes + 1)
     with pytest.raises(PayloadTooLarge, match="inline"):
-        store_inline_partial(network, too_big, model_digest(too_big))
-    assert network.partial_digests == {}
+        check_inline_partial(network, too_big, model_digest(too_big))
 
 
-async def test_a_refused_partial_turns_its_result_into_an_error(
+async def test_a_refused_partial_turns_its_result_into_an_error_and_nothing_is_stored(
     local_network: LocalNetwork,
 ) -> None:
     network = local_network.controller.network
+    assert isinstance(network.models, DirectoryModelStore)
+    stored_before = sorted(path.name for path in network.models.root.iterdir())
     good, bad = _result(PARTIAL, model_digest(PARTIAL)), _result(PARTIAL, "0" * 64)
-    await store_inline_partials(network, {"good": good, "bad": bad})
-    assert good.model_id.startswith("partial-")
-    assert not good.error
+    checked = take_inline_partials(network, {"good": good, "bad": bad})
+    assert set(checked) == {"good"}
+    assert checked["good"].data == PARTIAL
+    assert (good.error, good.partial) == ("", b"")  # the bytes moved out of the message
     assert (bad.model_id, bad.partial) == ("", b"")
     assert "digest" in bad.error
+    assert sorted(path.name for path in network.models.root.iterdir()) == stored_before
 
 
 def test_the_combiner_checks_an_inline_global_model() -> None:
