@@ -17,7 +17,7 @@ from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
-from fedgrpc.model import chunking
+from fedgrpc.model import buffers
 from fedgrpc.model.chunking import BufferAssembler, iter_chunks, model_digest
 from fedgrpc.model.serialization import (
     dump_model,
@@ -116,12 +116,14 @@ def _reduce(tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg")
 
 
 def _reduce_outcome(
-    tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg"
+    tmp_path: Path, partial_bytes: bytes, *, aggregator: str = "fedavg", inline: bool = False
 ) -> ReduceOutcome:
+    """The reduce of one partial, stored under "p" or (``inline``) held in memory."""
     store = DirectoryModelStore(tmp_path / "models")
     if not store.exists("global"):
         store.put_bytes("global", dump_model(_model()))
-    store.put_bytes("p", partial_bytes, durable=False)
+    if not inline:
+        store.put_bytes("p", partial_bytes, durable=False)
     try:
         outcome = reduce_round(
             store=store,
@@ -129,10 +131,11 @@ def _reduce_outcome(
             partials=[
                 Partial(
                     combiner="c",
-                    model_id="p",
+                    model_id="" if inline else "p",
                     total_weight=300.0,
                     num_updates=3,
                     digest=model_digest(partial_bytes),
+                    data=partial_bytes if inline else None,
                 )
             ],
             aggregator=aggregator,
@@ -141,7 +144,7 @@ def _reduce_outcome(
             max_model_size=1 << 30,
         )
     finally:
-        store.delete("p")
+        store.delete("p")  # False (nothing to delete) for an inline partial
     assert outcome.num_updates == 3
     assert outcome.total_weight == 300.0
     return outcome
@@ -166,6 +169,16 @@ def test_a_passed_on_partial_keeps_its_checked_digest_and_a_reencoded_one_does_n
     reencoded = _reduce_outcome(tmp_path, odd)
     assert reencoded.model_digest is None  # the commit hashes it
     assert reencoded.source_model_id is None  # and writes the new bytes
+
+
+def test_an_inline_partial_is_reduced_from_memory_like_a_stored_one(tmp_path: Path) -> None:
+    partial = dump_model(_model(0.25))
+    passed_on = _reduce_outcome(tmp_path, partial, inline=True)
+    assert passed_on.model_bytes == partial
+    assert passed_on.model_digest == model_digest(partial)
+    assert passed_on.source_model_id is None  # nothing stored to link: the commit writes it
+    odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
+    assert _reduce_outcome(tmp_path, odd, inline=True).model_bytes == partial
 
 
 def test_single_partial_with_nan_is_rejected_as_before(tmp_path: Path) -> None:
@@ -224,9 +237,9 @@ def test_receive_buffers_are_zeroed_and_writeable_with_or_without_populate(
     monkeypatch: pytest.MonkeyPatch, advice: int | None
 ) -> None:
     if advice is not None:
-        monkeypatch.setattr(chunking, "_MADV_POPULATE_WRITE", advice)
+        monkeypatch.setattr(buffers, "MADV_POPULATE_WRITE", advice)
     size = 3 * 1024 * 1024 + 5
-    buffer = chunking._zeroed(size)
+    buffer = buffers.zeroed(size)
     view = memoryview(buffer)
     assert view.nbytes == size
     assert not any(view[::4096])

@@ -14,9 +14,7 @@ their users compute with standard tools.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -31,17 +29,13 @@ from fedgrpc.errors import (
     PayloadTooLarge,
     TruncatedStream,
 )
+from fedgrpc.model.buffers import RECEIVE_BUFFERS
 
 # gRPC's default maximum message is 4 MiB; 1 MiB chunks stay well clear of it with headroom
 # for the other fields of the message.
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
-
-# Assembly buffers from this size on are anonymous memory maps (see BufferAssembler).
-_MAP_BYTES = 1024 * 1024
-# Linux's MADV_POPULATE_WRITE (5.14+); Python 3.11's mmap module does not name it.
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 # Both algorithms give 256-bit digests: 64 hex digits.
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
@@ -319,11 +313,12 @@ class BufferAssembler:
     parse it in place (:func:`fedgrpc.model.load_model` with ``copy=False``) into writeable
     arrays, e.g. to fold an update into an accumulator that adopts or overwrites them.
 
-    Large buffers are anonymous memory maps, unmapped when the last view dies. :meth:`prepare`
-    (in a worker thread: it drops the GIL) maps them with every page faulted in at once, in
-    2 MiB pages where the kernel allows: writing 100 MB into fresh pages one 4 KiB fault at a
-    time took 85 ms with the GIL held here, populated 18 ms off the loop plus a 13 ms copy. A buffer
-    not prepared is mapped lazily on the first chunk. The announced size is committed up front
+    Large buffers are anonymous memory maps from :mod:`fedgrpc.model.buffers`: :meth:`prepare`
+    (in a worker thread: it drops the GIL) maps one with every page faulted in at once, in
+    2 MiB pages where the kernel allows (writing 100 MB into fresh pages one 4 KiB fault at a
+    time took 85 ms with the GIL held here, populated 18 ms off the loop plus a 13 ms copy), or
+    takes the last one back once nothing references it. A buffer not prepared is taken on the
+    first chunk. The announced size is committed up front
     either way (as a ``bytearray`` would be): receivers check the header (size limit, open
     task) before preparing.
     """
@@ -340,7 +335,7 @@ class BufferAssembler:
     def prepare(self) -> None:
         """Allocate the buffer now (blocking; the GIL is released while pages are mapped)."""
         if self._view is None:
-            self._view = memoryview(_zeroed(self._size))
+            self._view = memoryview(RECEIVE_BUFFERS.take(self._size))
 
     @property
     def received(self) -> int:
@@ -370,27 +365,6 @@ class BufferAssembler:
         self.prepare()  # an empty payload never allocated
         assert self._view is not None  # for mypy: prepare() set it
         return self._view
-
-
-def _zeroed(size: int) -> bytearray | mmap.mmap:
-    """A writeable zeroed buffer; a large one mapped with its pages already faulted in."""
-    if size < _MAP_BYTES:
-        return bytearray(size)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    if not sys.platform.startswith("linux"):
-        return mmap.mmap(-1, size, flags=flags)
-    buffer = mmap.mmap(-1, size, flags=flags)
-    try:
-        # 2 MiB pages where the kernel allows them (THP "madvise" mode), then every page
-        # faulted in by one call: 100 MB took 18 ms this way against 41 ms with 4 KiB pages
-        # and MAP_POPULATE, and the copy into huge pages is faster too.
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            buffer.madvise(mmap.MADV_HUGEPAGE)
-        buffer.madvise(_MADV_POPULATE_WRITE)
-    except OSError:  # kernels before 5.14 have no MADV_POPULATE_WRITE
-        buffer.close()
-        buffer = mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
-    return buffer
 
 
 def _exceeds(size: int | None, limit: int | None) -> bool:

@@ -405,7 +405,8 @@ async def test_async_train_and_validate_run_on_the_clients_event_loop(
     async def train(model: list[np.ndarray], settings: Any) -> tuple[Any, dict[str, Any]]:
         threads.add(threading.get_ident())
         await asyncio.sleep(0)  # a coroutine may await while it trains
-        return plain(model, settings)
+        result: tuple[Any, dict[str, Any]] = plain(model, settings)
+        return result
 
     async def validate(model: list[np.ndarray]) -> dict[str, float]:
         threads.add(threading.get_ident())

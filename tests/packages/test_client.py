@@ -74,7 +74,7 @@ def test_command_entry_points_exchange_files(tmp_path: Path) -> None:
     code = load_package(root)
     assert code.train is not None
     assert code.validate is not None
-    model, metadata = code.train([np.zeros(3, np.float32)], {"step": 2})
+    model, metadata = code.train([np.zeros(3, np.float32)], {"step": 2})  # type: ignore[misc]
     assert metadata == {"num_examples": 7}
     np.testing.assert_array_equal(model["0"], [2, 2, 2])
     assert code.validate([np.ones(4, np.float32)]) == {"total": 4.0}
