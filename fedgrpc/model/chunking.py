@@ -318,9 +318,8 @@ class BufferAssembler:
     2 MiB pages where the kernel allows (writing 100 MB into fresh pages one 4 KiB fault at a
     time took 85 ms with the GIL held here, populated 18 ms off the loop plus a 13 ms copy), or
     takes the last one back once nothing references it. A buffer not prepared is taken on the
-    first chunk. The announced size is committed up front
-    either way (as a ``bytearray`` would be): receivers check the header (size limit, open
-    task) before preparing.
+    first chunk. The announced size is committed up front either way (as a ``bytearray``
+    would be): receivers check the header (size limit, open task) before preparing.
     """
 
     def __init__(

@@ -9,13 +9,14 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fedgrpc.cli import main
-from fedgrpc.client.entry import load_package, start_package
+from fedgrpc.client.entry import TrainOutput, load_package, start_package
 from fedgrpc.errors import DataLoss, FailedPrecondition, InvalidArgument
 from fedgrpc.packages.fetch import default_cache_dir, fetch_package
 from fedgrpc.quickstart import digits
@@ -74,7 +75,7 @@ def test_command_entry_points_exchange_files(tmp_path: Path) -> None:
     code = load_package(root)
     assert code.train is not None
     assert code.validate is not None
-    model, metadata = code.train([np.zeros(3, np.float32)], {"step": 2})  # type: ignore[misc]
+    model, metadata = cast(TrainOutput, code.train([np.zeros(3, np.float32)], {"step": 2}))
     assert metadata == {"num_examples": 7}
     np.testing.assert_array_equal(model["0"], [2, 2, 2])
     assert code.validate([np.ones(4, np.float32)]) == {"total": 4.0}
