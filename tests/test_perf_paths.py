@@ -16,7 +16,7 @@ import safetensors.numpy
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
-from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge, TruncatedStream
+from fedgrpc.errors import ChecksumMismatch, NotFound, PayloadTooLarge, TruncatedStream
 from fedgrpc.model import buffers
 from fedgrpc.model.chunking import BufferAssembler, iter_chunks, model_digest
 from fedgrpc.model.serialization import (
@@ -179,6 +179,34 @@ def test_an_inline_partial_is_reduced_from_memory_like_a_stored_one(tmp_path: Pa
     assert passed_on.source_model_id is None  # nothing stored to link: the commit writes it
     odd = safetensors.numpy.save(_model(0.25), metadata={"k": "v"})
     assert _reduce_outcome(tmp_path, odd, inline=True).model_bytes == partial
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_the_global_model_held_in_memory_is_not_read_from_the_store(
+    tmp_path: Path, canonical: bool
+) -> None:
+    partial = _model(0.25)
+    data = (
+        dump_model(partial) if canonical else safetensors.numpy.save(partial, metadata={"k": "v"})
+    )
+
+    def reduce_holding(global_bytes: bytes | None) -> ReduceOutcome:
+        return reduce_round(
+            store=DirectoryModelStore(tmp_path / "empty"),  # "global" is not in it
+            global_model_id="global",
+            partials=[
+                Partial(combiner="c", model_id="", total_weight=3.0, num_updates=3, data=data)
+            ],
+            aggregator="fedavg",
+            aggregator_kwargs={},
+            state_id=None,
+            max_model_size=1 << 30,
+            global_model_bytes=global_bytes,
+        )
+
+    assert reduce_holding(dump_model(_model())).model_bytes == dump_model(partial)
+    with pytest.raises(NotFound):  # without the bytes, the store is read
+        reduce_holding(None)
 
 
 def test_single_partial_with_nan_is_rejected_as_before(tmp_path: Path) -> None:

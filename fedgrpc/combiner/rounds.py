@@ -159,13 +159,13 @@ class TrainingRound:
     async def accept_update(self, task_id: str, update: ReceivedModel) -> None:
         """Verify and fold one uploaded update; raise a domain error if it cannot be used."""
         outcome = self._open_outcome(task_id)
+        metadata = update.metadata  # parsed from the header on each read: read it once
         try:
-            weight = update_weight(update.metadata)
+            weight = update_weight(metadata)
             await self._fold(update.data, weight)
         except InvalidArgument as exc:
             self._finish(outcome, "rejected", message=str(exc))
             raise
-        metadata = update.metadata
         self._finish(
             outcome,
             "ok",

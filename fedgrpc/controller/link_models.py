@@ -96,6 +96,10 @@ class InlineModel:
         small = len(data) <= self._network.config.inline_model_bytes
         self._model_id, self._data, self._digest = model_id, data if small else None, digest
 
+    def held(self, model_id: str) -> bytes | None:
+        """The bytes of ``model_id`` if they are held here now (no store read)."""
+        return self._data if model_id == self._model_id else None
+
     async def get(self, model_id: str) -> tuple[bytes, str] | None:
         """(bytes, digest) of ``model_id`` when it may go inline, else None."""
         if self._network.config.inline_model_bytes == 0:

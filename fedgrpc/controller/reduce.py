@@ -65,11 +65,17 @@ def reduce_round(
     aggregator_kwargs: Mapping[str, Any],
     state_id: str | None,
     max_model_size: int,
+    global_model_bytes: bytes | None = None,
 ) -> ReduceOutcome:
-    """Merge the partials, apply the server step, and return the new model's bytes."""
+    """Merge the partials, apply the server step, and return the new model's bytes.
+
+    ``global_model_bytes``: the stored bytes of ``global_model_id`` when the caller holds them
+    in memory (a small model kept for the combiner links), which saves reading the store.
+    """
     passed_on = _sole_partial_as_model(
         store=store,
         global_model_id=global_model_id,
+        global_model_bytes=global_model_bytes,
         partials=partials,
         aggregator=aggregator,
         aggregator_kwargs=aggregator_kwargs,
@@ -78,7 +84,9 @@ def reduce_round(
     )
     if passed_on is not None:
         return passed_on
-    global_model = load_model(store.get_bytes(global_model_id), max_size=max_model_size)
+    if global_model_bytes is None:
+        global_model_bytes = store.get_bytes(global_model_id)
+    global_model = load_model(global_model_bytes, max_size=max_model_size)
     accumulator = WeightedMeanAccumulator({n: ArraySpec.of(a) for n, a in global_model.items()})
     rejected: dict[str, str] = {}
     for partial in partials:
@@ -105,6 +113,7 @@ def _sole_partial_as_model(
     *,
     store: ModelStore,
     global_model_id: str,
+    global_model_bytes: bytes | None,
     partials: Sequence[Partial],
     aggregator: str,
     aggregator_kwargs: Mapping[str, Any],
@@ -126,7 +135,7 @@ def _sole_partial_as_model(
     ):
         return None
     partial = partials[0]
-    specs = _stored_specs(store, global_model_id)
+    specs = _global_specs(store, global_model_id, global_model_bytes)
     if specs is None or not all(_passes_through(spec) for spec in specs.values()):
         return None
     data = partial.read(store)
@@ -157,6 +166,24 @@ def _passes_through(spec: ArraySpec) -> bool:
     return spec.dtype == spec.accumulation_dtype
 
 
+def _global_specs(
+    store: ModelStore, model_id: str, data: bytes | None
+) -> dict[str, ArraySpec] | None:
+    """The global model's tensor specs: from ``data`` when the caller holds the model's bytes,
+    else from the store."""
+    if data is None:
+        return _stored_specs(store, model_id)
+    return _specs(header_specs(data, total_size=len(data)))
+
+
+def _specs(
+    specs: Mapping[str, tuple[tuple[int, ...], Any]] | None,
+) -> dict[str, ArraySpec] | None:
+    if specs is None:
+        return None
+    return {name: ArraySpec(shape, dtype) for name, (shape, dtype) in specs.items()}
+
+
 def _stored_specs(store: ModelStore, model_id: str) -> dict[str, ArraySpec] | None:
     """The model's tensor specs read from its header only (not the whole model), or None."""
     total_size = store.size(model_id)
@@ -171,10 +198,7 @@ def _stored_specs(store: ModelStore, model_id: str) -> dict[str, ArraySpec] | No
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    specs = header_specs(head, total_size=total_size)
-    if specs is None:
-        return None
-    return {name: ArraySpec(shape, dtype) for name, (shape, dtype) in specs.items()}
+    return _specs(header_specs(head, total_size=total_size))
 
 
 def split_requested(requested: int, clients: Mapping[str, int]) -> dict[str, int]:

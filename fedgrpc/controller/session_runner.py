@@ -100,13 +100,9 @@ class SessionRunner:
 
     def _create_round_record(self) -> Record:
         """The next round's record, numbered after the session's last one (blocking)."""
-        rounds = self.store.rounds.list(
-            session_id=self.id, limit=1, sort_key="round_number", sort_order="desc"
-        )
-        number = int(rounds["result"][0]["round_number"]) + 1 if rounds["result"] else 1
         return self.store.rounds.create(
             session_id=self.id,
-            round_number=number,
+            round_number=self.store.rounds.last_number(self.id) + 1,
             status="running",
             model_id=self.session["model_id"],
         )
@@ -117,8 +113,8 @@ class SessionRunner:
         record = await asyncio.to_thread(self._create_round_record)
         self._round = RoundRecord(id=record["id"], number=int(record["round_number"]))
         try:
-            outcome = await self._train(self._round)
-            model_id = await self._commit(self._round, outcome)
+            partials = await self._train(self._round)
+            model_id = await self._reduce_and_commit(self._round, partials)
         except RoundFailedError as exc:
             await self._finish_round(self._round, "failed", reason=str(exc))
             await self._save(rounds_completed=int(self.session["rounds_completed"]) + 1)
@@ -135,16 +131,18 @@ class SessionRunner:
         self._round = None
         return True
 
-    async def _train(self, round_: RoundRecord) -> ReduceOutcome:
+    async def _train(self, round_: RoundRecord) -> list[Partial]:
+        """Dispatch the round and collect the combiners' partials."""
         timeout = float(self.config["round_timeout"])
         needed = int(self.config["min_clients"])
-        enough = asyncio.ensure_future(self.network.wait_for_clients(needed, timeout))
-        await self._wait_or_stop(enough)
-        if not enough.result():
-            online = self.network.registry.clients_online()
-            raise RoundFailedError(
-                f"only {online} client(s) connected within round_timeout; min_clients={needed}"
-            )
+        if self.network.registry.clients_online() < needed:  # else no waiter tasks to spawn
+            enough = asyncio.ensure_future(self.network.wait_for_clients(needed, timeout))
+            await self._wait_or_stop(enough)
+            if not enough.result():
+                online = self.network.registry.clients_online()
+                raise RoundFailedError(
+                    f"only {online} client(s) connected within round_timeout; min_clients={needed}"
+                )
         shares = split_requested(
             int(self.config["requested_clients"]),
             {link.name: len(link.clients) for link in self.network.registry.online()},
@@ -162,8 +160,7 @@ class SessionRunner:
             lost = set(shares) - set(results)
         finally:
             self.network.registry.forget("round", round_.id)
-        partials = self._collect(round_, results, lost)
-        return await self._reduce(round_, partials)
+        return self._collect(round_, results, lost)
 
     def _assign(
         self, round_: RoundRecord, combiner: str, share: int, inline: tuple[bytes, str] | None
@@ -246,10 +243,35 @@ class SessionRunner:
             data=inline.data if inline else None,
         )
 
-    async def _reduce(self, round_: RoundRecord, partials: list[Partial]) -> ReduceOutcome:
+    async def _reduce_and_commit(self, round_: RoundRecord, partials: list[Partial]) -> str:
+        """Reduce the partials into the new model and commit it, in one worker-thread hop:
+        each hop is two wake-ups on the critical path of every round."""
+        model_id = uuid.uuid4().hex
+        global_model = self._inline_model.held(self.session["model_id"])
+        outcome, stored, self.session = await asyncio.to_thread(
+            self._reduce_and_commit_blocking, model_id, round_, partials, global_model
+        )
+        self._inline_model.remember(model_id, outcome.model_bytes, stored.digest)
+        log.info("session %s round %d success", self.id, round_.number)
+        return model_id
+
+    def _reduce_and_commit_blocking(
+        self,
+        model_id: str,
+        round_: RoundRecord,
+        partials: list[Partial],
+        global_model: bytes | None,
+    ) -> tuple[ReduceOutcome, StoredModel, Record]:
+        outcome = self._reduce(round_, partials, global_model)
+        stored, session = self._commit(model_id, round_, outcome)
+        return outcome, stored, session
+
+    def _reduce(
+        self, round_: RoundRecord, partials: list[Partial], global_model: bytes | None
+    ) -> ReduceOutcome:
+        """The new model from the partials (blocking); RoundFailedError when unusable."""
         try:
-            outcome = await asyncio.to_thread(
-                reduce_round,
+            outcome = reduce_round(
                 store=self.network.models,
                 global_model_id=self.session["model_id"],
                 partials=partials,
@@ -257,6 +279,7 @@ class SessionRunner:
                 aggregator_kwargs=self.config.get("aggregator_kwargs") or {},
                 state_id=self.session.get("aggregator_state_id"),
                 max_model_size=self.network.config.max_model_size,
+                global_model_bytes=global_model,
             )
         except FedgrpcError as exc:
             raise RoundFailedError(f"aggregation failed: {exc}") from exc
@@ -269,22 +292,13 @@ class SessionRunner:
             )
         return outcome
 
-    async def _commit(self, round_: RoundRecord, outcome: ReduceOutcome) -> str:
-        """Store the new model, then its record, then move the session to it, then mark the
-        round a success (crash-safe order), in one worker-thread hop: each hop is two
-        wake-ups on the critical path of every round."""
-        model_id = uuid.uuid4().hex
-        stored, self.session = await asyncio.to_thread(
-            self._commit_blocking, model_id, round_, outcome
-        )
-        self._inline_model.remember(model_id, outcome.model_bytes, stored.digest)
-        log.info("session %s round %d success", self.id, round_.number)
-        return model_id
-
-    def _commit_blocking(
+    def _commit(
         self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
     ) -> tuple[StoredModel, Record]:
-        stored = self._store_model(model_id, round_, outcome)
+        """The crash-safe order (blocking): the new model's bytes (and the aggregator's
+        state) durable first; then, in one statestore transaction, the model's record, the
+        active pointer and the session moved to it; then the round marked a success."""
+        stored = self._store_model_bytes(model_id, outcome)
         models = self.network.models
         fields: dict[str, Any] = {
             "model_id": model_id,
@@ -294,7 +308,19 @@ class SessionRunner:
         if outcome.state_bytes is not None:
             fields["aggregator_state_id"] = f"state-{uuid.uuid4().hex}"
             models.put_bytes(fields["aggregator_state_id"], outcome.state_bytes)
-        session = self.store.sessions.update(self.id, **fields)
+        with self.store.transaction():
+            self.store.models.create(
+                id=model_id,
+                parent_model=self.session["model_id"],
+                session_id=self.id,
+                name=f"{self.session.get('name') or self.id} round {round_.number}",
+                round_number=round_.number,
+                size=stored.size,
+                digest=stored.digest,
+                scope=self.session.get("scope"),
+            )
+            self.store.models.set_active(model_id)
+            session = self.store.sessions.update(self.id, **fields)
         if old_state and outcome.state_bytes is not None:
             models.delete(old_state)
         self.store.rounds.update(
@@ -308,31 +334,15 @@ class SessionRunner:
         )
         return stored, session
 
-    def _store_model(
-        self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
-    ) -> StoredModel:
-        """The model's bytes, then its record, then the active pointer (blocking)."""
+    def _store_model_bytes(self, model_id: str, outcome: ReduceOutcome) -> StoredModel:
+        """The new model's bytes, durable (blocking): a link to the partial when it is
+        passed on as stored, else written."""
         models = self.network.models
         if outcome.source_model_id is not None:
-            stored = models.copy(
+            return models.copy(
                 outcome.source_model_id, model_id, verified_digest=outcome.model_digest
             )
-        else:
-            stored = models.put_bytes(
-                model_id, outcome.model_bytes, verified_digest=outcome.model_digest
-            )
-        self.store.models.create(
-            id=model_id,
-            parent_model=self.session["model_id"],
-            session_id=self.id,
-            name=f"{self.session.get('name') or self.id} round {round_.number}",
-            round_number=round_.number,
-            size=stored.size,
-            digest=stored.digest,
-            scope=self.session.get("scope"),
-        )
-        self.store.models.set_active(model_id)
-        return stored
+        return models.put_bytes(model_id, outcome.model_bytes, verified_digest=outcome.model_digest)
 
     async def _finish_round(self, round_: RoundRecord, status: str, **fields: Any) -> None:
         await asyncio.to_thread(

@@ -16,6 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Protocol
@@ -99,6 +100,8 @@ class Backend(Protocol):
     name: str  # "sqlite" or "mongo"
 
     def collection(self, spec: CollectionSpec) -> Collection: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
 
     def ping(self) -> None: ...
 

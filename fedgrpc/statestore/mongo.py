@@ -81,6 +81,13 @@ class MongoBackend:
             self._owned_client.close()
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Writes inside the block are applied one by one, in order: a multi-document
+        transaction needs a replica set, which the statestore does not require. Callers order
+        their writes so that any prefix of them is a consistent state."""
+        yield
+
+    @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
         """Refuse work once closed; turn lost connections into ``Unavailable``."""
         if self._closed:

@@ -166,6 +166,14 @@ class RoundRepository(Repository):
         doc = {"session_id": session_id, "round_number": round_number, **fields}
         return self._collection.insert(doc)
 
+    def last_number(self, session_id: str) -> int:
+        """The highest round number of the session, 0 before its first round (one indexed
+        read: no count of the session's rounds, which grows with every round)."""
+        latest = self._collection.list(
+            {"session_id": session_id}, limit=1, sort_key="round_number", sort_order="desc"
+        )
+        return int(latest[0]["round_number"]) if latest else 0
+
     def get_by_number(self, session_id: str, round_number: int) -> Record:
         found = self._collection.find_one({"session_id": session_id, "round_number": round_number})
         if found is None:

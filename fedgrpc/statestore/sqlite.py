@@ -100,10 +100,20 @@ class SqliteBackend:
             yield self._connection()
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """This thread's writes inside the block commit together, or none of them does."""
+        with self.writing():
+            yield
+
+    @contextlib.contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the write lock from its first statement."""
+        """A write transaction that holds the write lock from its first statement; inside
+        :meth:`transaction`, a part of that one."""
         with self._translate_errors():
             conn = self._connection()
+            if conn.in_transaction:  # the enclosing transaction commits or rolls back
+                yield conn
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -62,6 +63,12 @@ class StateStore:
     def backend(self) -> str:
         """``"sqlite"`` or ``"mongo"``."""
         return self._backend.name
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group the writes this thread makes in the block. On SQLite they commit together
+        (one transaction, and one commit instead of one per write) or not at all; on MongoDB
+        each is applied as it is made, in order, so write them in a crash-safe order."""
+        return self._backend.transaction()
 
     def ping(self) -> None:
         """Return if the backend answers; raise ``Unavailable`` if it cannot be reached."""

@@ -455,6 +455,35 @@ def test_compare_and_set_succeeds_only_while_the_expectation_holds(store: StateS
         store.sessions.update("missing", expect={"status": "done"}, status="x")
 
 
+def test_a_transaction_commits_its_writes_together_where_the_backend_can(
+    store: StateStore,
+) -> None:
+    session = store.sessions.create(config={}, status="running")
+    with store.transaction():
+        model = store.models.create(parent_model=None, session_id=session["id"])
+        assert store.models.set_active(model["id"]) == model  # sees its own insert
+        store.sessions.update(session["id"], model_id=model["id"])
+    assert store.models.get_active() == model
+    assert store.sessions.get(session["id"])["model_id"] == model["id"]
+
+    created: list[Record] = []
+
+    def create_then_fail() -> None:
+        with store.transaction():
+            created.append(store.models.create(parent_model=model["id"], session_id=session["id"]))
+            store.sessions.update(session["id"], expect={"status": "stopped"}, model_id="x")
+
+    with pytest.raises(Aborted):
+        create_then_fail()
+    # SQLite undoes the whole block; MongoDB keeps the writes made before the failure.
+    kept = store.models.count(parent_model=model["id"])
+    assert kept == (0 if store.backend == "sqlite" else 1)
+    if kept:
+        assert store.models.get(created[0]["id"])["parent_model"] == model["id"]
+    assert store.sessions.get(session["id"])["model_id"] == model["id"]
+    assert store.sessions.update(session["id"], note="after")["note"] == "after"  # usable
+
+
 # --- named records: clients and combiners -------------------------------------------------
 @pytest.mark.parametrize("attr", ["clients", "combiners"])
 def test_upsert_creates_then_updates_by_name(store: StateStore, attr: str) -> None:
@@ -515,6 +544,15 @@ def test_round_numbers_are_unique_per_session(store: StateStore) -> None:
     with pytest.raises(InvalidArgument):
         store.rounds.create(session_id="", round_number=3)
     assert store.rounds.count() == 2
+
+
+def test_last_round_number_is_the_highest_of_its_session(store: StateStore) -> None:
+    assert store.rounds.last_number("s1") == 0
+    for number in (2, 10, 9):  # numeric order, not insertion or text order
+        store.rounds.create(session_id="s1", round_number=number)
+    store.rounds.create(session_id="s2", round_number=11)
+    assert store.rounds.last_number("s1") == 10
+    assert store.rounds.last_number("s2") == 11
 
 
 # --- models: lineage and the active model -------------------------------------------------
