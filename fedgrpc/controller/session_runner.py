@@ -43,8 +43,27 @@ class RoundRecord:
     id: str
     number: int
     started: float = field(default_factory=time.monotonic)
-    combiners: list[dict[str, Any]] = field(default_factory=list)
+    # What the combiners reported, turned into the record's ``combiners`` only when it is
+    # written: building it is not on the way to the committed model.
+    results: dict[str, network_pb2.RoundResult] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)  # combiner -> why, at reduce
     partial_ids: list[str] = field(default_factory=list)
+
+    def combiners(self) -> list[dict[str, Any]]:
+        """The record's per-combiner (and per-client) report."""
+        reports = [_combiner_report(name, result) for name, result in self.results.items()]
+        for entry in reports:
+            if entry["name"] in self.rejected:
+                entry.update(status="rejected", error=self.rejected[entry["name"]])
+        return reports + [
+            {
+                "name": name,
+                "status": "lost",
+                "error": "combiner went offline or did not report in time",
+            }
+            for name in sorted(self.lost)
+        ]
 
 
 class SessionRunner:
@@ -207,15 +226,7 @@ class SessionRunner:
         for name, result in results.items():
             if name in inline or result.model_id:
                 partials.append(self._partial(round_, name, result, inline.get(name)))
-            round_.combiners.append(_combiner_report(name, result))
-        for name in sorted(lost):
-            round_.combiners.append(
-                {
-                    "name": name,
-                    "status": "lost",
-                    "error": "combiner went offline or did not report in time",
-                }
-            )
+        round_.results, round_.lost = results, lost
         updates = sum(p.num_updates for p in partials)
         needed = int(self.config["min_clients"])
         if updates < needed:
@@ -283,9 +294,7 @@ class SessionRunner:
             )
         except FedgrpcError as exc:
             raise RoundFailedError(f"aggregation failed: {exc}") from exc
-        for entry in round_.combiners:
-            if entry["name"] in outcome.rejected:
-                entry.update(status="rejected", error=outcome.rejected[entry["name"]])
+        round_.rejected = dict(outcome.rejected)
         if outcome.num_updates < int(self.config["min_clients"]):
             raise RoundFailedError(
                 f"only {outcome.num_updates} usable update(s); min_clients not met"
@@ -321,13 +330,14 @@ class SessionRunner:
             )
             self.store.models.set_active(model_id)
             session = self.store.sessions.update(self.id, **fields)
+        duration = time.monotonic() - round_.started  # the new model is committed
         if old_state and outcome.state_bytes is not None:
             models.delete(old_state)
         self.store.rounds.update(
             round_.id,
             status="success",
-            combiners=round_.combiners,
-            duration_seconds=time.monotonic() - round_.started,
+            combiners=round_.combiners(),
+            duration_seconds=duration,
             committed_model_id=model_id,
             num_updates=outcome.num_updates,
             total_weight=outcome.total_weight,
@@ -345,12 +355,13 @@ class SessionRunner:
         return models.put_bytes(model_id, outcome.model_bytes, verified_digest=outcome.model_digest)
 
     async def _finish_round(self, round_: RoundRecord, status: str, **fields: Any) -> None:
+        duration = time.monotonic() - round_.started
         await asyncio.to_thread(
             self.store.rounds.update,
             round_.id,
             status=status,
-            combiners=round_.combiners,
-            duration_seconds=time.monotonic() - round_.started,
+            combiners=round_.combiners(),
+            duration_seconds=duration,
             **fields,
         )
         log.info(
