@@ -74,7 +74,10 @@ class Collector:
         self.expected = set(expected)
         self.results: dict[str, object] = {}
         self.lost: set[str] = set()
-        self._done = asyncio.Event()
+        # Done when every combiner answered or was lost. A future, not an Event: awaiting it
+        # beside a stop request takes no waiter tasks, each a loop turn on the round's
+        # critical path.
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._check()
 
     def deliver(self, combiner: str, result: object) -> bool:
@@ -90,16 +93,13 @@ class Collector:
             self._check()
 
     def _check(self) -> None:
-        if self.expected <= set(self.results) | self.lost:
-            self._done.set()
+        if not self.done.done() and self.expected <= set(self.results) | self.lost:
+            self.done.set_result(None)
 
     async def wait(self, timeout: float) -> bool:
         """True when every combiner answered or was lost before ``timeout``."""
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        await asyncio.wait({self.done}, timeout=timeout)
+        return self.done.done()
 
 
 class CombinerRegistry:

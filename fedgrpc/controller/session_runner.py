@@ -73,6 +73,7 @@ class SessionRunner:
         self.session = session
         self.config: dict[str, Any] = session["config"]
         self.stop_requested = asyncio.Event()
+        self._stop_watch: asyncio.Task[Any] | None = None
         self._round: RoundRecord | None = None
         self._inline_model = InlineModel(network)
 
@@ -98,6 +99,9 @@ class SessionRunner:
         except Exception as exc:
             log.exception("session %s failed unexpectedly", self.id)
             status, reason = "failed", f"internal error: {exc}"
+        finally:
+            if self._stop_watch is not None:
+                self._stop_watch.cancel()
         await self._save(status=status, reason=reason)
         log.info("session %s %s%s", self.id, status, f": {reason}" if reason else "")
 
@@ -156,7 +160,10 @@ class SessionRunner:
         needed = int(self.config["min_clients"])
         if self.network.registry.clients_online() < needed:  # else no waiter tasks to spawn
             enough = asyncio.ensure_future(self.network.wait_for_clients(needed, timeout))
-            await self._wait_or_stop(enough)
+            try:
+                await self._wait_or_stop(enough)
+            finally:
+                enough.cancel()  # a no-op once it finished
             if not enough.result():
                 online = self.network.registry.clients_online()
                 raise RoundFailedError(
@@ -174,7 +181,7 @@ class SessionRunner:
             for name, share in shares.items():
                 if not self._assign(round_, name, share, inline):
                     collector.combiner_lost(name)
-            await self._wait_or_stop(collector.wait(timeout + REPORT_GRACE_SECONDS))
+            await self._wait_or_stop(collector.done, timeout + REPORT_GRACE_SECONDS)
             results: dict[str, network_pb2.RoundResult] = dict(collector.results)  # type: ignore[arg-type]
             lost = set(shares) - set(results)
         finally:
@@ -208,14 +215,17 @@ class SessionRunner:
         link.send(command)
         return True
 
-    async def _wait_or_stop(self, waiting: Any) -> None:
-        """Await ``waiting`` unless a stop request comes first (then raise SessionStoppedError)."""
-        wait_task = asyncio.ensure_future(waiting)
-        stop_task = asyncio.ensure_future(self.stop_requested.wait())
-        await asyncio.wait({wait_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
+    async def _wait_or_stop(
+        self, waiting: asyncio.Future[Any], timeout: float | None = None
+    ) -> None:
+        """Wait until ``waiting`` is done or ``timeout`` passes, unless a stop request comes
+        first (then raise SessionStoppedError). ``waiting`` is left as it is."""
+        if self._stop_watch is None:  # one for the session, not a task per wait
+            self._stop_watch = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait(
+            {waiting, self._stop_watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if self.stop_requested.is_set():
-            wait_task.cancel()
             raise SessionStoppedError
 
     def _collect(
