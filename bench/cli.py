@@ -14,6 +14,7 @@ from bench.flower_env import ensure_flower_env
 from bench.flower_run import find_flower_python, flower_version, run_flower
 from bench.kernels import fedavg_kernels, transfer_kernels
 from bench.machine import machine_info
+from bench.pairs import headline_runs
 from bench.plot import plot
 from bench.report import markdown
 from bench.results import KernelResult, RunResult, SuiteResult
@@ -65,6 +66,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "it has flwr, else a venv with flwr==1.41.0 made once under ~/.cache/fedgrpc-bench)",
     )
     parser.add_argument("--no-flower", action="store_true", help="run fedgrpc only")
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run each compared workload N times, the frameworks taking turns; the report "
+        "leads with the pair of median round-time ratio and shows the range (default: 1)",
+    )
     parser.add_argument("--scale-max", type=int, help="largest client count the search tries")
     parser.add_argument("--scale-budget", type=float, help="seconds the scale search may take")
     parser.add_argument(
@@ -103,7 +112,8 @@ def _run_suites(
     for name in selected:
         _say(f"== {name}")
         if name in sizes.workloads:
-            suite.runs += _compare(sizes.workloads[name], out / "logs" / name, flower)
+            logs = out / "logs" / name
+            suite.runs += _compare(sizes.workloads[name], logs, flower, args.repeat)
         elif name == "scale":
             scale_runs = _scale(sizes.scale, args, out, suite)
         else:
@@ -119,16 +129,38 @@ def _kernels(sizes: Sizes, logs: Path) -> list[KernelResult]:
     return kernels
 
 
-def _compare(workload: Workload, logs: Path, flower: str | None) -> list[RunResult]:
-    runs = [run_fedgrpc(workload, logs / "fedgrpc")]
-    if flower is not None:
-        runs.append(run_flower(workload, logs / "flower", flower))
-    for run in runs:
-        _say(
-            f"   {run.framework}: {'ok' if run.ok else run.failure}, median round "
-            f"{run.median_round_seconds:.4f} s"
-        )
+def _compare(
+    workload: Workload, logs: Path, flower: str | None, repeats: int = 1
+) -> list[RunResult]:
+    """The workload on both frameworks, ``repeats`` times; each repetition starts with the
+    framework the previous one ended with (A B B A ...), so neither always goes first."""
+    runs: list[RunResult] = []
+    for repeat in range(repeats):
+        order = ["fedgrpc", "flower"] if flower is not None else ["fedgrpc"]
+        for framework in order if repeat % 2 == 0 else order[::-1]:
+            run_logs = logs / framework / (str(repeat) if repeats > 1 else "")
+            if framework == "fedgrpc":
+                run = run_fedgrpc(workload, run_logs)
+            else:
+                run = run_flower(workload, run_logs, str(flower))
+            run.repeat = repeat
+            runs.append(run)
+            _say(
+                f"   {run.framework}{f' #{repeat + 1}' if repeats > 1 else ''}: "
+                f"{'ok' if run.ok else run.failure}, median round "
+                f"{run.median_round_seconds:.4f} s"
+            )
     return runs
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _scale(
@@ -155,7 +187,7 @@ def _write(suite: SuiteResult, scale_runs: list[RunResult], out: Path) -> None:
     suite.write(out / "results.json")
     (out / "results.md").write_text(markdown(suite, scale_runs))
     if suite.runs:
-        plot(suite.runs, out / "results.png")
+        plot(headline_runs(suite.runs), out / "results.png")
     _say(f"wrote {out / 'results.json'}, {out / 'results.md'}")
 
 

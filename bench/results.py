@@ -27,6 +27,7 @@ class RunResult:
     # role -> peak resident set in bytes: controller, combiner, server, client (the largest).
     peak_rss: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0  # which repetition of the workload (``--repeat``), from 0
 
     @property
     def median_round_seconds(self) -> float:

@@ -72,3 +72,20 @@ def test_a_flower_env_that_cannot_be_made_is_skipped_with_one_line(tmp_path: Pat
     assert ensure_flower_env(blocked, say=said.append) is None
     assert len(said) == 2
     assert "could not set up Flower" in said[1]
+
+
+def test_repeated_runs_take_turns_and_keep_their_own_logs(tmp_path: Path) -> None:
+    suite = main(
+        ["--quick", "--no-flower", "--suite=overhead", "--repeat=2", "--out", str(tmp_path)]
+    )
+
+    assert [(r.framework, r.repeat, r.ok) for r in suite.runs] == [
+        ("fedgrpc", 0, True),
+        ("fedgrpc", 1, True),
+    ]
+    logs = tmp_path / "logs" / "overhead" / "fedgrpc"
+    assert {p.name for p in logs.iterdir()} >= {"0", "1"}
+    assert all(any((logs / name).iterdir()) for name in ("0", "1"))
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert [run["repeat"] for run in written["runs"]] == [0, 1]
+    assert "fedgrpc #2" in (tmp_path / "results.md").read_text()
