@@ -52,7 +52,8 @@ def ratio_spread(runs: list[RunResult], workload: str) -> str:
     ratios = [p.round_ratio for p in pairs(runs, workload)]
     if len(ratios) < 2:
         return ""
-    return f"median of {len(ratios)} pairs, range {min(ratios):.2f}-{max(ratios):.2f}x"
+    # Three decimals: a range shown as "0.15-0.20x" would hide a pair at 0.204x of a 0.2x goal.
+    return f"median of {len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}x"
 
 
 def headline_runs(runs: list[RunResult]) -> list[RunResult]:

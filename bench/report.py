@@ -147,7 +147,7 @@ def _round_targets(runs: list[RunResult]) -> list[Target]:
             found.append(Target(f"{name} median round", f"<= {goal}x Flower", "-", None))
             continue
         spread = ratio_spread(runs, name)
-        measured = f"{pair.round_ratio:.2f}x" + (f" ({spread})" if spread else "")
+        measured = f"{pair.round_ratio:.3f}x" + (f" ({spread})" if spread else "")
         found.append(
             Target(f"{name} median round", f"<= {goal}x Flower", measured, pair.round_ratio <= goal)
         )

@@ -54,7 +54,7 @@ def test_the_report_leads_with_the_pair_of_median_ratio() -> None:
     assert pair.ours.repeat == 1
     assert pair.flower.repeat == 1
     assert pair.round_ratio == pytest.approx(0.75)
-    assert ratio_spread(runs, "overhead") == "median of 3 pairs, range 0.50-0.90x"
+    assert ratio_spread(runs, "overhead") == "median of 3 pairs, range 0.500-0.900x"
     assert headline_runs(runs) == [pair.ours, pair.flower]
 
 
@@ -95,13 +95,13 @@ def test_targets_and_tables_show_the_spread_and_judge_memory_on_every_run() -> N
     by_name = {t.what: t for t in targets(suite)}
 
     overhead = by_name["overhead median round"]
-    assert overhead.measured == "0.75x (median of 3 pairs, range 0.50-0.90x)"
+    assert overhead.measured == "0.750x (median of 3 pairs, range 0.500-0.900x)"
     assert overhead.met is False
     memory = by_name["bandwidth combiner peak RSS"]
     assert memory.measured == "5.2x (highest of 2 runs)"
     assert memory.met is False
     table = "\n".join(ratio_table(runs))
-    assert "median of 3 pairs, range 0.50-0.90x" in table
+    assert "median of 3 pairs, range 0.500-0.900x" in table
     assert "| bandwidth | 0.12 |" in table
 
 
@@ -122,7 +122,7 @@ def test_a_single_run_reports_as_before() -> None:
 
     text = markdown(suite, [])
 
-    assert "| overhead median round | <= 0.5x Flower | 0.50x | yes |" in text
+    assert "| overhead median round | <= 0.5x Flower | 0.500x | yes |" in text
     assert "#1" not in text
     assert "all pairs" not in text
 
