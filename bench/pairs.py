@@ -48,7 +48,7 @@ def median_pair(runs: list[RunResult], workload: str) -> Pair | None:
 
 
 def ratio_spread(runs: list[RunResult], workload: str) -> str:
-    """ "" for one pair; else the median and range of the pairs' round-time ratios."""
+    """How many pairs the median ratio is of, and their range; "" for a single pair."""
     ratios = [p.round_ratio for p in pairs(runs, workload)]
     if len(ratios) < 2:
         return ""
