@@ -59,6 +59,7 @@ def test_the_report_leads_with_the_pair_of_median_ratio() -> None:
 
 
 def test_an_even_count_leads_with_the_lower_middle_pair() -> None:
+    # Ratios 0.5, 0.4, 0.8, 0.9: the lower middle of the sorted four is 0.5.
     runs = _repeated([0.010, 0.010, 0.010, 0.010], [0.020, 0.025, 0.0125, 0.0111])
 
     pair = median_pair(runs, "overhead")
