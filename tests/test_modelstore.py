@@ -32,12 +32,15 @@ from fedgrpc.errors import (
 )
 from fedgrpc.model import SHA256, iter_chunks, model_digest, sha256_hex
 from fedgrpc.modelstore import (
+    SMALL_MODEL_BYTES,
     DirectoryModelStore,
+    EmbeddedModelStore,
     GridFSModelStore,
     ModelStore,
     StoredModel,
     create_model_store,
 )
+from fedgrpc.statestore import StateStore, open_statestore
 
 StoreFactory = Callable[..., ModelStore]
 
@@ -351,6 +354,134 @@ class TestDirectoryModelStore(StoreContract):
         assert sorted(path.name for path in tmp_path.iterdir()) == ["models"]
 
 
+class TestEmbeddedModelStore(StoreContract):
+    """Run with the default limit (the contract's payloads up to 30 kB are rows, the 20 MB one
+    a file) and with a 16-byte limit (almost everything a file, each registered by a row)."""
+
+    @pytest.fixture(params=[SMALL_MODEL_BYTES, 16], ids=["rows", "files"])
+    def small_limit(self, request: pytest.FixtureRequest) -> int:
+        return int(request.param)
+
+    @pytest.fixture
+    def statestore(self, tmp_path: Path) -> Iterator[StateStore]:
+        with open_statestore(data_dir=tmp_path) as opened:
+            yield opened
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path, statestore: StateStore, small_limit: int) -> StoreFactory:
+        def make(max_size: int | None = None) -> ModelStore:
+            assert statestore.sqlite_backend is not None
+            files = DirectoryModelStore(tmp_path / "models", max_size=max_size)
+            return EmbeddedModelStore(statestore.sqlite_backend, files, small_limit=small_limit)
+
+        return make
+
+    @pytest.fixture
+    def leftovers(self, tmp_path: Path) -> Callable[[], list[Any]]:
+        def hidden_files() -> list[Any]:
+            return sorted(
+                path.name for path in (tmp_path / "models").iterdir() if path.name[0] == "."
+            )
+
+        return hidden_files
+
+
+class TestEmbeddedModelStoreTiers:
+    @pytest.fixture
+    def statestore(self, tmp_path: Path) -> Iterator[StateStore]:
+        with open_statestore(data_dir=tmp_path) as opened:
+            yield opened
+
+    @pytest.fixture
+    def store(self, tmp_path: Path, statestore: StateStore) -> EmbeddedModelStore:
+        assert statestore.sqlite_backend is not None
+        files = DirectoryModelStore(tmp_path / "models")
+        return EmbeddedModelStore(statestore.sqlite_backend, files, small_limit=1000)
+
+    def files(self, tmp_path: Path) -> list[str]:
+        return sorted(path.name for path in (tmp_path / "models").iterdir())
+
+    def test_small_models_are_rows_and_large_ones_files(
+        self, store: EmbeddedModelStore, tmp_path: Path
+    ) -> None:
+        store.put_bytes("small", payload_of(1000))
+        store.put("streamed-large", iter_chunks(payload_of(3000), 400))  # size not announced
+        store.put_bytes("announced-large", payload_of(1001))
+        assert self.files(tmp_path) == ["announced-large", "streamed-large"]
+        assert store.get_bytes("streamed-large") == payload_of(3000)
+        assert store.size("small") == 1000
+        assert store.size("announced-large") == 1001
+        assert store.delete("announced-large")
+        assert self.files(tmp_path) == ["streamed-large"]
+        assert not store.exists("announced-large")
+
+    def test_rows_survive_reopening_the_statestore(self, tmp_path: Path) -> None:
+        with open_statestore(data_dir=tmp_path) as first:
+            assert first.sqlite_backend is not None
+            files = DirectoryModelStore(tmp_path / "models")
+            EmbeddedModelStore(first.sqlite_backend, files).put_bytes("kept", b"weights")
+        with open_statestore(data_dir=tmp_path) as second:
+            assert second.sqlite_backend is not None
+            reopened = EmbeddedModelStore(second.sqlite_backend, files)
+            assert reopened.get_bytes("kept") == b"weights"
+
+    def test_a_file_from_before_this_store_is_found_and_keeps_its_id(
+        self, store: EmbeddedModelStore
+    ) -> None:
+        store.files.put_bytes("legacy", b"old weights")  # a file with no row
+        assert store.exists("legacy")
+        assert store.size("legacy") == 11
+        assert b"".join(store.get("legacy")) == b"old weights"
+        with pytest.raises(AlreadyExists):
+            store.put_bytes("legacy", b"new")
+        assert store.copy("legacy", "copied").size == 11
+        assert store.get_bytes("copied") == b"old weights"
+        assert store.delete("legacy")
+        assert not store.exists("legacy")
+
+    def test_a_large_put_losing_the_id_to_a_small_one_removes_its_file(
+        self, store: EmbeddedModelStore, tmp_path: Path
+    ) -> None:
+        large = payload_of(5000)
+
+        def stream() -> Iterator[bytes]:
+            yield large[:2000]
+            store.put_bytes("contested", b"small wins")  # while the large one streams
+            yield large[2000:]
+
+        with pytest.raises(AlreadyExists, match="contested"):
+            store.put("contested", stream(), expected_size=len(large))
+        assert store.get_bytes("contested") == b"small wins"
+        assert self.files(tmp_path) == []
+
+    def test_a_small_put_losing_the_id_to_a_large_one_leaves_it_alone(
+        self, store: EmbeddedModelStore, tmp_path: Path
+    ) -> None:
+        large = payload_of(5000)
+
+        def stream() -> Iterator[bytes]:
+            yield b"small"
+            store.put_bytes("contested", large)  # while the small one streams
+            yield b" loses"
+
+        with pytest.raises(AlreadyExists, match="contested"):
+            store.put("contested", stream())
+        assert store.get_bytes("contested") == large
+        assert self.files(tmp_path) == ["contested"]
+
+    def test_a_row_written_in_a_statestore_transaction_rolls_back_with_it(
+        self, store: EmbeddedModelStore, statestore: StateStore
+    ) -> None:
+        def put_then_fail() -> None:
+            with statestore.transaction():
+                store.put_bytes("m", b"weights")
+                raise RuntimeError("the record after it failed")
+
+        with pytest.raises(RuntimeError):
+            put_then_fail()
+        assert not store.exists("m")
+
+
 class TestGridFSModelStore(StoreContract):
     @pytest.fixture
     def make_store(self, mongo_database: Database[dict[str, object]]) -> StoreFactory:
@@ -414,6 +545,19 @@ def test_factory_builds_a_directory_store_under_models(tmp_path: Path) -> None:
     assert store.max_size == 123
     store.put_bytes("m", b"x")
     assert (tmp_path / "models" / "m").exists()
+
+
+def test_factory_keeps_small_models_in_the_embedded_statestore(tmp_path: Path) -> None:
+    with open_statestore(data_dir=tmp_path) as statestore:
+        store = create_model_store(
+            data_dir=tmp_path, max_size=123, sqlite=statestore.sqlite_backend
+        )
+        assert isinstance(store, EmbeddedModelStore)
+        assert store.max_size == store.files.max_size == 123
+        assert store.files.root == tmp_path / "models"
+        store.put_bytes("m", b"x")
+        assert list((tmp_path / "models").iterdir()) == []
+        assert store.get_bytes("m") == b"x"
 
 
 def test_factory_builds_a_gridfs_store(mongo_database: Database[dict[str, object]]) -> None:

@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def open_stores(config: ControllerConfig) -> tuple[StateStore, ModelStore, Any]:
-    """The statestore and model store: both on MongoDB (GridFS) or both embedded."""
+    """The statestore and model store: both on MongoDB (GridFS) or both embedded (small
+    models in the statestore's SQLite file, larger ones in ``data_dir/models``)."""
     if config.mongo_uri:
         client: pymongo.MongoClient[Any] = pymongo.MongoClient(
             config.mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True
@@ -60,7 +61,10 @@ def open_stores(config: ControllerConfig) -> tuple[StateStore, ModelStore, Any]:
         return store, create_model_store(database=database, max_size=config.max_model_size), client
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_statestore(data_dir=config.data_dir)
-    return store, create_model_store(data_dir=config.data_dir, max_size=config.max_model_size), None
+    models = create_model_store(
+        data_dir=config.data_dir, max_size=config.max_model_size, sqlite=store.sqlite_backend
+    )
+    return store, models, None
 
 
 class Controller:

@@ -1,4 +1,5 @@
-"""Streamed, verified, all-or-nothing storage of model blobs: on a directory or in GridFS."""
+"""Streamed, verified, all-or-nothing storage of model blobs: embedded (small models in the
+statestore's SQLite file, large ones in a directory), on a directory or in GridFS."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from pymongo.database import Database
 from fedgrpc.errors import InvalidArgument
 from fedgrpc.modelstore.base import ModelStore, StoredModel, validate_model_id
 from fedgrpc.modelstore.directory import DirectoryModelStore
+from fedgrpc.modelstore.embedded import SMALL_MODEL_BYTES, EmbeddedModelStore
 from fedgrpc.modelstore.gridfs import GridFSModelStore
+from fedgrpc.statestore.sqlite import SqliteBackend
 
 __all__ = [
+    "SMALL_MODEL_BYTES",
     "DirectoryModelStore",
+    "EmbeddedModelStore",
     "GridFSModelStore",
     "ModelStore",
     "StoredModel",
@@ -27,10 +32,13 @@ def create_model_store(
     data_dir: Path | None = None,
     database: Database[Any] | None = None,
     max_size: int | None = None,
+    sqlite: SqliteBackend | None = None,
 ) -> ModelStore:
     """A directory store under ``data_dir / "models"`` or a GridFS store in ``database``.
 
-    Exactly one of ``data_dir`` and ``database`` must be given.
+    Exactly one of ``data_dir`` and ``database`` must be given. With ``sqlite`` (the embedded
+    statestore's database) beside ``data_dir``, models up to ``SMALL_MODEL_BYTES`` are kept in
+    that database and only larger ones in the directory (:class:`EmbeddedModelStore`).
     """
     if (data_dir is None) == (database is None):
         raise InvalidArgument(
@@ -40,4 +48,5 @@ def create_model_store(
     if database is not None:
         return GridFSModelStore(database, max_size=max_size)
     assert data_dir is not None  # for mypy: guaranteed by the check above
-    return DirectoryModelStore(Path(data_dir) / "models", max_size=max_size)
+    files = DirectoryModelStore(Path(data_dir) / "models", max_size=max_size)
+    return files if sqlite is None else EmbeddedModelStore(sqlite, files)

@@ -64,6 +64,11 @@ class StateStore:
         """``"sqlite"`` or ``"mongo"``."""
         return self._backend.name
 
+    @property
+    def sqlite_backend(self) -> SqliteBackend | None:
+        """The SQLite database (for the embedded model store's small models); None on Mongo."""
+        return self._backend if isinstance(self._backend, SqliteBackend) else None
+
     def transaction(self) -> AbstractContextManager[None]:
         """Group the writes this thread makes in the block. On SQLite they commit together
         (one transaction, and one commit instead of one per write) or not at all; on MongoDB

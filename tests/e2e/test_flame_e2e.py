@@ -21,6 +21,7 @@ import pytest
 
 from fedgrpc.api import APIClient
 from fedgrpc.launch import Daemon
+from fedgrpc.modelstore import create_model_store
 from fedgrpc.security.tokens import Role
 from fedgrpc.statestore import open_statestore
 from tests.e2e import clients as test_clients
@@ -139,10 +140,12 @@ def test_federated_mean_and_histogram_with_sealed_intermediate_data(
     data_dir = cluster.root / "controller-data"
     with open_statestore(data_dir=data_dir) as store:
         objects = store.objects.list(analysis_id=analysis_id, kind="intermediate")["result"]
+        blobs = create_model_store(data_dir=data_dir, sqlite=store.sqlite_backend)
+        stored = {obj["blob_id"]: blobs.get_bytes(obj["blob_id"]) for obj in objects}
     assert {obj["sender"] for obj in objects} == set(DEFAULT_NODES)
     for obj in objects:
         assert obj["recipients"] == ["agg"]
-        blob = (data_dir / "models" / obj["blob_id"]).read_bytes()
+        blob = stored[obj["blob_id"]]
         assert b"counts" not in blob
         assert b"sum" not in blob
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from fedgrpc.model.serialization import dump_model
+from fedgrpc.modelstore import EmbeddedModelStore
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.model.v1 import model_pb2, model_pb2_grpc
@@ -34,8 +34,12 @@ async def expect_status(call: object, code: grpc.StatusCode, *words: str) -> str
     return details
 
 
-def stored_files(net: LocalNetwork) -> list[Path]:
-    return sorted((net.data_dir / "controller" / "models").glob("*"))
+def stored_models(net: LocalNetwork) -> list[str]:
+    """The ids of every model in the controller's store, and any half-written temp file."""
+    models = net.controller.models
+    assert isinstance(models, EmbeddedModelStore)
+    temp_files = [path.name for path in models.files.root.glob(".*")]
+    return sorted([*models.model_ids(), *temp_files])
 
 
 async def raw_upload(
@@ -124,7 +128,7 @@ async def test_upload_with_wrong_digest_is_refused_and_not_stored(
     )
     await expect_status(raw_upload(net.models, truncated[:-1]), CODE.DATA_LOSS)
     assert (await net.control.ListModels(control_pb2.ListModelsRequest())).count == 0
-    assert [p for p in stored_files(net) if not p.name.startswith(".")] == []
+    assert [name for name in stored_models(net) if not name.startswith(".")] == []
 
 
 async def test_malformed_and_oversized_uploads(local_network: LocalNetwork) -> None:
@@ -141,7 +145,7 @@ async def test_malformed_and_oversized_uploads(local_network: LocalNetwork) -> N
     )
     await expect_status(raw_upload(net.models, bad_id), CODE.INVALID_ARGUMENT)
     assert (await net.control.ListModels(control_pb2.ListModelsRequest())).count == 0
-    assert [p for p in stored_files(net) if not p.name.startswith(".")] == []
+    assert [name for name in stored_models(net) if not name.startswith(".")] == []
 
 
 async def test_partial_for_a_round_not_in_progress_is_refused(local_network: LocalNetwork) -> None:
@@ -219,4 +223,4 @@ async def test_bad_names_ids_and_metadata_are_refused_before_anything_is_written
     store = net.controller.store
     assert store.sessions.count() == 0
     assert store.models.count() == 0
-    assert stored_files(net) == []
+    assert stored_models(net) == []

@@ -16,7 +16,7 @@ from fedgrpc.controller.link_models import (
 from fedgrpc.errors import ChecksumMismatch, PayloadTooLarge
 from fedgrpc.model.chunking import model_digest
 from fedgrpc.model.serialization import dump_model
-from fedgrpc.modelstore.directory import DirectoryModelStore
+from fedgrpc.modelstore import EmbeddedModelStore
 from fedgrpc.proto.network.v1 import network_pb2
 from tests.integration.conftest import LocalNetwork
 
@@ -48,8 +48,8 @@ async def test_a_refused_partial_turns_its_result_into_an_error_and_nothing_is_s
     local_network: LocalNetwork,
 ) -> None:
     network = local_network.controller.network
-    assert isinstance(network.models, DirectoryModelStore)
-    stored_before = sorted(path.name for path in network.models.root.iterdir())
+    assert isinstance(network.models, EmbeddedModelStore)
+    stored_before = network.models.model_ids()
     good, bad = _result(PARTIAL, model_digest(PARTIAL)), _result(PARTIAL, "0" * 64)
     checked = take_inline_partials(network, {"good": good, "bad": bad})
     assert set(checked) == {"good"}
@@ -57,7 +57,7 @@ async def test_a_refused_partial_turns_its_result_into_an_error_and_nothing_is_s
     assert (good.error, good.partial) == ("", b"")  # the bytes moved out of the message
     assert (bad.model_id, bad.partial) == ("", b"")
     assert "digest" in bad.error
-    assert sorted(path.name for path in network.models.root.iterdir()) == stored_before
+    assert network.models.model_ids() == stored_before
 
 
 def test_the_combiner_checks_an_inline_global_model() -> None:

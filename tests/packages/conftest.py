@@ -14,6 +14,7 @@ import pytest
 from fedgrpc.config import ControllerConfig
 from fedgrpc.controller.app import Controller
 from fedgrpc.model.chunking import sha256_hex
+from fedgrpc.modelstore import EmbeddedModelStore
 from fedgrpc.proto.control.v1 import control_pb2 as pb
 from fedgrpc.proto.control.v1 import control_pb2_grpc
 from fedgrpc.rpc.channel import open_channel
@@ -51,7 +52,10 @@ class RunningController:
 
     def package_blobs(self) -> list[str]:
         """Package blobs and half-written temp files in the model store, by name."""
-        return sorted(path.name for path in self.models_dir.glob("*package-*"))
+        models = self.controller.models
+        assert isinstance(models, EmbeddedModelStore)
+        temp_files = [path.name for path in self.models_dir.glob(".*package-*")]
+        return sorted([*(i for i in models.model_ids() if "package-" in i), *temp_files])
 
     def plant_package(self, data: bytes, *, sha256: str | None = None) -> str:
         """Store a package bypassing the upload checks (as a tampered store would hold it),
