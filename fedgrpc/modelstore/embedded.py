@@ -88,9 +88,11 @@ class EmbeddedModelStore(ModelStore):
             known_digest=verified_digest,
             algorithm=algorithm,
         )
-        if self.exists(model_id):  # fail before receiving the payload; the key decides races
+        small = expected_size is not None and expected_size <= self.small_limit
+        # Fail before receiving a payload of unknown or large size; the key decides races.
+        if not small and self.exists(model_id):
             raise AlreadyExists(f"model {model_id!r} already exists")
-        if expected_size is None or expected_size <= self.small_limit:
+        if small or expected_size is None:
             head, rest = _take_up_to(chunks, self.small_limit)
             if rest is None:
                 return self._put_row(model_id, head, verifier)
