@@ -75,6 +75,11 @@ class RefusingStream:
         raise AssertionError("the stream must not be read at all")
 
 
+def hidden_files(root: Path) -> list[str]:
+    """What a failed directory put might have left behind: its hidden temp files."""
+    return sorted(path.name for path in root.iterdir() if path.name[0] == ".")
+
+
 class StoreContract:
     @pytest.fixture
     def make_store(self) -> StoreFactory:
@@ -335,12 +340,7 @@ class TestDirectoryModelStore(StoreContract):
 
     @pytest.fixture
     def leftovers(self, tmp_path: Path) -> Callable[[], list[Any]]:
-        def hidden_files() -> list[Any]:
-            return sorted(
-                path.name for path in (tmp_path / "models").iterdir() if path.name[0] == "."
-            )
-
-        return hidden_files
+        return lambda: hidden_files(tmp_path / "models")
 
     def test_models_are_plain_files_named_by_id(self, store: ModelStore, tmp_path: Path) -> None:
         store.put_bytes("m1", b"content")
@@ -378,12 +378,7 @@ class TestEmbeddedModelStore(StoreContract):
 
     @pytest.fixture
     def leftovers(self, tmp_path: Path) -> Callable[[], list[Any]]:
-        def hidden_files() -> list[Any]:
-            return sorted(
-                path.name for path in (tmp_path / "models").iterdir() if path.name[0] == "."
-            )
-
-        return hidden_files
+        return lambda: hidden_files(tmp_path / "models")
 
 
 class TestEmbeddedModelStoreTiers:

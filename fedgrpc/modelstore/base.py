@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from fedgrpc.errors import InvalidArgument
-from fedgrpc.model.chunking import BLAKE3, DEFAULT_CHUNK_SIZE, Buffer, DigestAlgorithm, iter_chunks
+from fedgrpc.model.chunking import (
+    BLAKE3,
+    DEFAULT_CHUNK_SIZE,
+    Buffer,
+    DigestAlgorithm,
+    StreamVerifier,
+    iter_chunks,
+)
 
 # Also what keeps ids safe as file names: no separators, no "..", no hidden or temp names.
 _MODEL_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -72,6 +79,24 @@ class ModelStore(ABC):
         ``expected_size``), TruncatedStream, ChecksumMismatch; an exception from ``chunks``
         itself propagates unchanged. In every failure case nothing is stored.
         """
+
+    def _verifier(
+        self,
+        *,
+        expected_size: int | None,
+        expected_digest: str | None,
+        verified_digest: str | None,
+        algorithm: DigestAlgorithm,
+    ) -> StreamVerifier:
+        """The checks of one put under this store's size limit; PayloadTooLarge here already
+        when the announced size is over it, before a chunk is read."""
+        return StreamVerifier(
+            expected_size=expected_size,
+            expected_digest=expected_digest,
+            max_size=self.max_size,
+            known_digest=verified_digest,
+            algorithm=algorithm,
+        )
 
     def put_bytes(
         self,

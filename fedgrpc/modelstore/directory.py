@@ -49,11 +49,10 @@ class DirectoryModelStore(ModelStore):
         algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         final_path = self._path(model_id)
-        verifier = StreamVerifier(
+        verifier = self._verifier(
             expected_size=expected_size,
             expected_digest=expected_digest,
-            max_size=self.max_size,
-            known_digest=verified_digest,
+            verified_digest=verified_digest,
             algorithm=algorithm,
         )
         # Fail before receiving the payload; the link below is what actually guarantees it.

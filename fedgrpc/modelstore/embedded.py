@@ -81,11 +81,10 @@ class EmbeddedModelStore(ModelStore):
         """Small payloads become a row, larger ones a file. ``durable`` matters for files only:
         a row is as durable as the records written after it (see the module's docstring)."""
         validate_model_id(model_id)
-        verifier = StreamVerifier(
+        verifier = self._verifier(
             expected_size=expected_size,
             expected_digest=expected_digest,
-            max_size=self.max_size,
-            known_digest=verified_digest,
+            verified_digest=verified_digest,
             algorithm=algorithm,
         )
         small = expected_size is not None and expected_size <= self.small_limit

@@ -67,11 +67,10 @@ class GridFSModelStore(ModelStore):
         algorithm: DigestAlgorithm = BLAKE3,
     ) -> StoredModel:
         validate_model_id(model_id)
-        verifier = StreamVerifier(
+        verifier = self._verifier(
             expected_size=expected_size,
             expected_digest=expected_digest,
-            max_size=self.max_size,
-            known_digest=verified_digest,
+            verified_digest=verified_digest,
             algorithm=algorithm,
         )
         with self._mongo_errors(f"storing model {model_id!r}"):
