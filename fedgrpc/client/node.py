@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 
-from fedgrpc import eventloop
 from fedgrpc._version import __version__
 from fedgrpc.allocator import tune_allocator
 from fedgrpc.backoff import Backoff
@@ -127,7 +126,7 @@ class Client:
         """Run until stopped (Ctrl-C) or a fatal error; this process's allocator is tuned
         for model-sized buffers first (:func:`fedgrpc.allocator.tune_allocator`)."""
         tune_allocator()
-        eventloop.run(self.run_async())
+        asyncio.run(self.run_async())
 
     async def run_async(self) -> None:
         try:
