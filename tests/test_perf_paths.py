@@ -247,45 +247,6 @@ def test_cache_releases_a_large_model_after_the_expected_downloads() -> None:
     asyncio.run(scenario())
 
 
-def test_large_uploads_wait_while_a_large_model_is_being_downloaded() -> None:
-    large = CachedModel(model_id="global", data=bytes(40 << 20), digest="0" * 64)
-    small = CachedModel(model_id="small", data=b"tiny", digest="1" * 64)
-    fetches: list[str] = []
-
-    async def fetch(model_id: str) -> CachedModel:
-        fetches.append(model_id)
-        return large
-
-    def broken_download(cache: ModelCache) -> None:
-        with cache.serving(large):  # a download that breaks off also ends
-            raise ConnectionResetError
-
-    async def scenario() -> None:
-        cache = ModelCache(fetch)
-        await cache.get("global")
-        cache.expect_downloads("global", 2)
-        await asyncio.wait_for(cache.large_downloads_done(), 1)  # nothing served yet
-        with cache.serving(small):
-            await asyncio.wait_for(cache.large_downloads_done(), 1)  # small ones never hold
-        with cache.serving(large):
-            upload = asyncio.ensure_future(cache.large_downloads_done())
-            await asyncio.sleep(0.05)
-            assert not upload.done()  # the download holds the global model
-        await asyncio.wait_for(upload, 1)
-        with cache.serving(large):
-            second = asyncio.ensure_future(cache.large_downloads_done())
-            await asyncio.sleep(0.05)
-            assert not second.done()
-            with pytest.raises(ConnectionResetError):
-                broken_download(cache)
-            assert not second.done()  # one of two downloads still runs
-        await asyncio.wait_for(second, 1)
-        await cache.get("global")
-        assert fetches == ["global", "global"]  # released after the two expected downloads
-
-    asyncio.run(scenario())
-
-
 def test_cache_reuses_a_remembered_upload_once() -> None:
     async def fetch(model_id: str) -> CachedModel:
         raise AssertionError("not fetched")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -39,9 +38,6 @@ class ModelCache:
         self._models: OrderedDict[str, asyncio.Future[CachedModel]] = OrderedDict()
         self._uploaded: tuple[str, bytes | memoryview] | None = None
         self._expected: dict[str, int] = {}  # model id -> downloads still to come
-        self._large_downloads = 0  # downloads of large models being served now
-        self._no_large_downloads = asyncio.Event()
-        self._no_large_downloads.set()
 
     async def get(self, model_id: str) -> CachedModel:
         task = self._models.get(model_id)
@@ -70,33 +66,6 @@ class ModelCache:
         """``count`` more clients were sent a train task on ``model_id`` (see
         :meth:`downloaded`)."""
         self._expected[model_id] = self._expected.get(model_id, 0) + count
-
-    @contextlib.contextmanager
-    def serving(self, model: CachedModel) -> Iterator[None]:
-        """One download of ``model`` in progress; when it ends, :meth:`downloaded`."""
-        large = len(model.data) >= RELEASE_AFTER_DOWNLOADS_BYTES
-        if large:
-            self._large_downloads += 1
-            self._no_large_downloads.clear()
-        try:
-            yield
-        finally:
-            if large:
-                self._large_downloads -= 1
-                if self._large_downloads == 0:
-                    self._no_large_downloads.set()
-            self.downloaded(model)
-
-    async def large_downloads_done(self) -> None:
-        """Return once no large model is being downloaded.
-
-        A large upload waits for this before it takes a model-sized receive buffer. The
-        downloads hold the global model, which the cache lets go after the last one; an upload
-        received meanwhile would add a fourth model-sized buffer to that model, the running
-        sum and the spare receive buffer (traced when the first clients of a round uploaded
-        while others still downloaded: 4.7x the model instead of 3.5x, bench/RESULTS.md).
-        """
-        await self._no_large_downloads.wait()
 
     def downloaded(self, model: CachedModel) -> None:
         """One download of ``model`` ended (served or not).

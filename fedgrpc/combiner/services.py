@@ -154,8 +154,6 @@ class CombinerModelServicer:
             first = await anext(messages, None)
             large = first is not None and first.header.total_size >= LARGE_UPDATE_BYTES
             async with self._large_ingest if large else contextlib.nullcontext():
-                if large:
-                    await self._core.models.large_downloads_done()
                 update = await receive_model(
                     prepended(first, messages),
                     max_size=self._core.max_model_size,
@@ -183,7 +181,9 @@ class CombinerModelServicer:
         header = model_pb2.ModelHeader(model_id=cached.model_id, digest=cached.digest)
         # A client may ask for smaller chunks, never for larger than the server's message limit.
         chunk_size = min(request.chunk_size or self._chunk_size, self._chunk_size)
-        with self._core.models.serving(cached):
+        try:
             stream = encoded_model_stream(cached.data, header=header, chunk_size=chunk_size)
             for message in stream:  # registered with add_model_service: pre-encoded
                 yield message
+        finally:
+            self._core.models.downloaded(cached)
