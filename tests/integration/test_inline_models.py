@@ -138,6 +138,24 @@ async def test_models_over_the_inline_limit_use_model_service(
     assert _calls(small) == {"Download": 4, "Upload": 4}
 
 
+async def test_a_model_fetched_from_the_controller_is_cached_in_one_read_only_buffer(
+    local_network: LocalNetwork,
+) -> None:
+    # Received into one buffer, not as chunks joined at the end (which doubled a large model's
+    # peak and left the chunks in the heap); read-only, since every download shares it.
+    net = local_network
+    combiner = await net.add_combiner("fetcher", inline_model_bytes=1024)
+    arrays = [np.arange(1000, dtype=np.float32)]
+    model_id = await net.upload_seed(arrays)
+    assert combiner.core is not None
+    cached = await combiner.core.models.get(model_id)
+    assert isinstance(cached.data, memoryview)
+    assert cached.data.readonly
+    assert bytes(cached.data) == dump_model(arrays)
+    assert cached.digest == model_digest(dump_model(arrays))
+    assert _controller_calls(net)["Download"] == 1
+
+
 async def test_a_client_with_inline_off_uses_model_service(local_network: LocalNetwork) -> None:
     net = local_network
     mixed = await net.add_combiner("mixed")
