@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import NUM_EXAMPLES, train_step
+from fedgrpc import eventloop
 from fedgrpc.allocator import tune_allocator
 from fedgrpc.client.node import Client
 from fedgrpc.config import ClientConfig
@@ -95,7 +96,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tune_allocator()  # as `fedgrpc client start` and Client.run() do
-    asyncio.run(
+    eventloop.run(  # the loop they run on, too
         run_clients(
             args.controller,
             args.keys,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from fedgrpc import eventloop
 from fedgrpc.cli.connection import controller_options, page_options
 from fedgrpc.cli.daemon import (
     CONFIG_OPTION,
@@ -105,7 +105,7 @@ def client_start(
     async def stop() -> None:
         client.stop()
 
-    asyncio.run(
+    eventloop.run(
         run_until_signalled(
             nothing_to_start,
             stop,

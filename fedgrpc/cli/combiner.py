@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from fedgrpc import eventloop
 from fedgrpc.cli.connection import controller_options, page_options
 from fedgrpc.cli.daemon import (
     CONFIG_OPTION,
@@ -51,7 +51,7 @@ def combiner_start(config_path: Path | None, **options: Any) -> None:
         announce("combiner", name=combiner.name, address=combiner.address)
 
     # The link ends for good only on a TLS failure; the daemon then exits with that error.
-    asyncio.run(
+    eventloop.run(
         run_until_signalled(combiner.start, combiner.stop, ready, done=combiner.link_ended())
     )
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from fedgrpc import eventloop
 from fedgrpc.cli.connection import controller_options
 from fedgrpc.cli.daemon import (
     CONFIG_OPTION,
@@ -52,7 +52,7 @@ def controller_start(config_path: Path | None, **options: Any) -> None:
         token = controller.admin_token_path
         announce("controller", address=controller.address, admin_token=token and str(token))
 
-    asyncio.run(run_until_signalled(controller.start, controller.stop, ready))
+    eventloop.run(run_until_signalled(controller.start, controller.stop, ready))
 
 
 @controller_group.command("status")

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from fedgrpc import eventloop
 from fedgrpc._version import __version__
 from fedgrpc.allocator import tune_allocator
 from fedgrpc.backoff import Backoff
@@ -126,7 +127,7 @@ class Client:
         """Run until stopped (Ctrl-C) or a fatal error; this process's allocator is tuned
         for model-sized buffers first (:func:`fedgrpc.allocator.tune_allocator`)."""
         tune_allocator()
-        asyncio.run(self.run_async())
+        eventloop.run(self.run_async())
 
     async def run_async(self) -> None:
         try:
