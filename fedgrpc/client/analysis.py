@@ -22,6 +22,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from fedgrpc.client.spawn import ChildProcess, spawn
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.messaging.v1 import messaging_pb2
 
@@ -126,21 +127,13 @@ class AnalysisProcess:
     def __init__(self, reporter: UpdateReporter, *, stop_grace: float) -> None:
         self._reporter = reporter
         self._grace = stop_grace
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: ChildProcess | None = None
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
         self._stop_reason: str | None = None
         self.done = asyncio.Event()
 
     async def start(self, env: Mapping[str, str], *, timeout: float | None = None) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fedgrpc.flame.runner",
-            env=dict(env),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        self._process = await spawn([sys.executable, "-m", "fedgrpc.flame.runner"], env=env)
         self._reporter.set_status(STARTED)
         self._watcher = asyncio.ensure_future(self._watch(timeout))
 
