@@ -6,17 +6,23 @@ SIGSEGV at once: 4 of 200 spawns of ``python -c pass`` beside a busy grpc.aio ch
 none of 200 on asyncio's loop (a node's analysis then "exited with code -11"). Here the child
 comes from :class:`subprocess.Popen`, which uses ``vfork``/``posix_spawn`` where it can and runs
 no fork handlers (gRPC's "skipping fork() handlers" line, logged at every libuv spawn, never
-appears; 0 of 400 crashed), and the loop only reads its pipes. asyncio's own loop does the same:
+appears; 0 of 400 crashed), and the loop only reads its output. asyncio's own loop does the same:
 ``Popen``, and a thread that waits for the child.
+
+The child's stdout and stderr are socket pairs, not pipes. uvloop's ``connect_read_pipe``
+closes a pipe's descriptor twice at EOF (libuv, then the file object), and the second close
+can hit a descriptor another thread has just been given: CI saw the next spawn's fresh pipe
+closed under it (EBADF). A socket handed to the loop is detached, so it is closed once, on
+either loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import IO
 
 
 class ChildProcess:
@@ -60,27 +66,49 @@ class ChildProcess:
 
 
 async def spawn(argv: Sequence[str], *, env: Mapping[str, str]) -> ChildProcess:
-    """Start ``argv`` with ``env``, its stdin, stdout and stderr pipes (see the module doc)."""
-    popen = await asyncio.to_thread(
-        subprocess.Popen,
-        list(argv),
-        env=dict(env),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    """Start ``argv`` with ``env``, its stdin a pipe, its stdout and stderr sockets read by the
+    loop (see the module doc)."""
+    out_parent, out_child = socket.socketpair()
+    err_parent, err_child = socket.socketpair()
     try:
-        stdout = await _reader(popen.stdout)
-        stderr = await _reader(popen.stderr)
+        popen = await asyncio.to_thread(
+            _popen, list(argv), dict(env), out_child.fileno(), err_child.fileno()
+        )
+    except BaseException:
+        for end in (out_parent, err_parent):
+            end.close()
+        raise
+    finally:
+        # The child has its own copies; ours must go, or the parent never sees EOF.
+        out_child.close()
+        err_child.close()
+    try:
+        stdout = await _reader(out_parent)
+        stderr = await _reader(err_parent)
     except BaseException:
         popen.kill()  # subprocess reaps a dropped child at its next spawn
         raise
     return ChildProcess(popen, stdout, stderr)
 
 
-async def _reader(pipe: IO[bytes] | None) -> asyncio.StreamReader:
-    assert pipe is not None  # for mypy: spawn asks for pipes
+def _popen(
+    argv: list[str], env: dict[str, str], stdout: int, stderr: int
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+
+
+class _ReadOnlyProtocol(asyncio.StreamReaderProtocol):
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False  # nothing is written back: close the transport (and socket) at EOF
+
+
+async def _reader(end: socket.socket) -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        await loop.create_unix_connection(lambda: _ReadOnlyProtocol(reader), sock=end)
+    except BaseException:
+        end.close()
+        raise
     return reader
