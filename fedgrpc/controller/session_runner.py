@@ -10,6 +10,7 @@ failed round fails the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -314,10 +315,11 @@ class SessionRunner:
     def _commit(
         self, model_id: str, round_: RoundRecord, outcome: ReduceOutcome
     ) -> tuple[StoredModel, Record]:
-        """The crash-safe order (blocking): the new model's bytes (and the aggregator's
-        state) durable first; then, in one statestore transaction, the model's record, the
-        active pointer and the session moved to it; then the round marked a success."""
-        stored = self._store_model_bytes(model_id, outcome)
+        """The crash-safe order (blocking): the aggregator's state and the new model's bytes
+        durable first; then, in one statestore transaction, the model's record, the active
+        pointer and the session moved to it; then the round marked a success. A model kept
+        in the statestore's own database is written in that same transaction: all or
+        nothing, so records that fail leave no orphan model behind (and one commit is saved)."""
         models = self.network.models
         fields: dict[str, Any] = {
             "model_id": model_id,
@@ -327,19 +329,10 @@ class SessionRunner:
         if outcome.state_bytes is not None:
             fields["aggregator_state_id"] = f"state-{uuid.uuid4().hex}"
             models.put_bytes(fields["aggregator_state_id"], outcome.state_bytes)
-        with self.store.transaction():
-            self.store.models.create(
-                id=model_id,
-                parent_model=self.session["model_id"],
-                session_id=self.id,
-                name=f"{self.session.get('name') or self.id} round {round_.number}",
-                round_number=round_.number,
-                size=stored.size,
-                digest=stored.digest,
-                scope=self.session.get("scope"),
-            )
-            self.store.models.set_active(model_id)
-            session = self.store.sessions.update(self.id, **fields)
+        joined = models.writes_into_statestore(len(outcome.model_bytes))
+        with self.store.transaction() if joined else contextlib.nullcontext():
+            stored = self._store_model_bytes(model_id, outcome)
+            session = self._record_model(model_id, round_, stored, fields)
         duration = time.monotonic() - round_.started  # the new model is committed
         if old_state and outcome.state_bytes is not None:
             models.delete(old_state)
@@ -353,6 +346,25 @@ class SessionRunner:
             total_weight=outcome.total_weight,
         )
         return stored, session
+
+    def _record_model(
+        self, model_id: str, round_: RoundRecord, stored: StoredModel, fields: dict[str, Any]
+    ) -> Record:
+        """The model's record, the active pointer and the session's fields, in one statestore
+        transaction (or as part of the one this thread has open); the updated session."""
+        with self.store.transaction():
+            self.store.models.create(
+                id=model_id,
+                parent_model=self.session["model_id"],
+                session_id=self.id,
+                name=f"{self.session.get('name') or self.id} round {round_.number}",
+                round_number=round_.number,
+                size=stored.size,
+                digest=stored.digest,
+                scope=self.session.get("scope"),
+            )
+            self.store.models.set_active(model_id)
+            return self.store.sessions.update(self.id, **fields)
 
     def _store_model_bytes(self, model_id: str, outcome: ReduceOutcome) -> StoredModel:
         """The new model's bytes, durable (blocking): a link to the partial when it is

@@ -165,6 +165,11 @@ class ModelStore(ABC):
     def close(self) -> None:
         """Release resources the store owns."""
 
+    def writes_into_statestore(self, size: int) -> bool:
+        """Whether a model of ``size`` bytes is written to the statestore's own database, so
+        that a put from a thread inside a statestore transaction becomes part of it."""
+        return False
+
     def __enter__(self) -> ModelStore:
         return self
 

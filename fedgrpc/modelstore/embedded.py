@@ -159,6 +159,10 @@ class EmbeddedModelStore(ModelStore):
     def close(self) -> None:
         """Nothing to release: the database belongs to the statestore, files are per call."""
 
+    def writes_into_statestore(self, size: int) -> bool:
+        """Small models are rows, written through the statestore's own connection."""
+        return size <= self.small_limit
+
     def __repr__(self) -> str:
         return (
             f"EmbeddedModelStore({str(self._db.path)!r}, {self.files!r}, "

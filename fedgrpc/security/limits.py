@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from fedgrpc.errors import InvalidArgument, ResourceExhausted
@@ -101,21 +102,60 @@ def validate_fields(message: Message, limit: int = DEFAULT_METADATA_LIMIT) -> No
     """Check every name/id field of a request (non-empty ones; nested messages too) with
     :func:`validate_name`, and every ``google.protobuf.Struct`` with
     :func:`validate_metadata_size`. Raises before anything is read or written."""
-    for field, value in message.ListFields():
-        if field.message_type is not None:
-            if field.message_type.full_name == "google.protobuf.Struct":
-                validate_metadata_size(value, field.name, limit)
+    for name, check, shape in _checks(message.DESCRIPTOR):
+        value = getattr(message, name)
+        if shape == _SHAPE_ONE:
+            if not (message.HasField(name) if check >= _CHECK_STRUCT else value):
+                continue
+            values: Iterable[Any] = (value,)
+        else:
+            values = value.values() if shape == _SHAPE_MAP else value
+        for item in values:
+            if check == _CHECK_MESSAGE:
+                validate_fields(item, limit)
+            elif check == _CHECK_STRUCT:
+                validate_metadata_size(item, name, limit)
+            elif not item:
+                continue
+            elif check == _CHECK_LABEL:
+                validate_label(item, name)
             else:
-                for item in value if field.is_repeated else [value]:
-                    validate_fields(item, limit)
-        elif field.type == field.TYPE_STRING and field.full_name in _LABEL_FIELDS:
-            if value:
-                validate_label(value, field.name)
-        elif field.type == field.TYPE_STRING and _is_name_field(field.name):
-            items = value if field.is_repeated else [value]
-            for item in items:
-                if item:
-                    validate_name(item, field.name)
+                validate_name(item, name)
+
+
+# What validate_fields checks in a field (the message kinds last) and the field's shape; a
+# map's checks apply to its values (its keys are free text).
+_CHECK_NAME, _CHECK_LABEL, _CHECK_STRUCT, _CHECK_MESSAGE = range(4)
+_SHAPE_ONE, _SHAPE_LIST, _SHAPE_MAP = range(3)
+
+
+@functools.cache
+def _checks(descriptor: Descriptor) -> tuple[tuple[str, int, int], ...]:
+    """The fields of a message type that :func:`validate_fields` checks, worked out once per
+    type: a combiner checks every message its clients send."""
+    checks = []
+    for field in descriptor.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            check, shape = _check_of(entry.fields_by_name["value"]), _SHAPE_MAP
+            if check is not None and check < _CHECK_STRUCT:
+                check = None  # a map's scalar values are free text, as its keys are
+        else:
+            check, shape = _check_of(field), _SHAPE_LIST if field.is_repeated else _SHAPE_ONE
+        if check is not None:
+            checks.append((field.name, check, shape))
+    return tuple(checks)
+
+
+def _check_of(field: FieldDescriptor) -> int | None:
+    if field.message_type is not None:
+        is_struct = field.message_type.full_name == "google.protobuf.Struct"
+        return _CHECK_STRUCT if is_struct else _CHECK_MESSAGE
+    if field.type != field.TYPE_STRING:
+        return None
+    if field.full_name in _LABEL_FIELDS:
+        return _CHECK_LABEL
+    return _CHECK_NAME if _is_name_field(field.name) else None
 
 
 _S = TypeVar("_S", bound=type)

@@ -15,6 +15,7 @@ import pytest
 from fedgrpc.combiner.app import Combiner
 from fedgrpc.model.chunking import model_digest
 from fedgrpc.model.serialization import dump_model
+from fedgrpc.modelstore.embedded import EmbeddedModelStore
 from fedgrpc.proto.combiner.v1 import combiner_pb2, combiner_pb2_grpc
 from fedgrpc.proto.control.v1 import control_pb2
 from fedgrpc.rpc.channel import open_channel
@@ -295,3 +296,28 @@ async def test_inline_update_over_the_limit_is_refused(local_network: LocalNetwo
     assert outcome["big"].status == "rejected"
     assert "RESOURCE_EXHAUSTED" in outcome["big"].message
     assert "inline limit of 1024 bytes" in outcome["big"].message
+
+
+async def test_a_small_model_and_its_records_commit_together_or_not_at_all(
+    local_network: LocalNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small model is a row of the statestore's database, written in the same transaction
+    # as the records naming it: when the records fail, no orphan model is left behind.
+    net = local_network
+    await net.add_combiner("alpha")
+    await net.add_client("c0", shift_train(1.0), constant_validate)
+    seed_id = await net.upload_seed([np.zeros(100, dtype=np.float32)])
+    models = net.controller.models
+    assert isinstance(models, EmbeddedModelStore)
+    assert models.writes_into_statestore(400)
+
+    def refuse(**fields: object) -> None:
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(net.controller.store.models, "create", refuse)
+    session_id = await net.start_session(rounds=1, round_timeout=20, validate=False)
+    session = await net.wait_session(session_id)
+    assert session.status == "failed"
+    assert "disk full (simulated)" in session.reason
+    assert models.model_ids() == [seed_id]
+    assert session.model_id == seed_id
