@@ -10,7 +10,7 @@ import grpc
 
 from fedgrpc.errors import from_rpc_error
 from fedgrpc.rpc.server import message_size_options
-from fedgrpc.security.bearer import bearer_interceptors
+from fedgrpc.security.bearer_channel import BearerChannel
 
 # Clients ping every 30 s on idle connections (the server allows 10 s) so a dead peer is
 # noticed even between application heartbeats.
@@ -35,12 +35,11 @@ def open_channel(
     """An aio channel to ``address`` with the project's keepalive and size limits; with
     ``token``, every call carries it as ``authorization: Bearer <token>``."""
     options = [*CLIENT_KEEPALIVE_OPTIONS, *message_size_options(max_message_size)]
-    interceptors = bearer_interceptors(token) if token else None
     if credentials is not None:
-        return grpc.aio.secure_channel(
-            address, credentials, options=options, interceptors=interceptors
-        )
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        channel = grpc.aio.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(address, options=options)
+    return BearerChannel(channel, token) if token else channel
 
 
 @asynccontextmanager

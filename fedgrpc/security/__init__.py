@@ -16,6 +16,7 @@ from fedgrpc.security.bearer import (
     bearer_metadata,
     bearer_token,
 )
+from fedgrpc.security.bearer_channel import BearerChannel
 from fedgrpc.security.certs import CertFiles, init_ca, issue_certificate
 from fedgrpc.security.interceptor import AuthInterceptor, current_claims, require_claims
 from fedgrpc.security.keystore import (
@@ -41,6 +42,7 @@ from fedgrpc.security.tokens import (
 __all__ = [
     "AUTHORIZATION",
     "AuthInterceptor",
+    "BearerChannel",
     "CertFiles",
     "Claims",
     "FailureLimiter",

@@ -45,7 +45,7 @@ def bearer_call_credentials(token: str) -> grpc.CallCredentials:
     """Call credentials adding the token to every call. gRPC sends call credentials only over
     TLS: combine with :func:`fedgrpc.security.channel_credentials` via
     ``grpc.composite_channel_credentials``. For plaintext channels use
-    :func:`bearer_interceptors`."""
+    :class:`fedgrpc.security.BearerChannel` (or :func:`bearer_interceptors`)."""
     return grpc.metadata_call_credentials(_BearerPlugin(token), name="fedgrpc-bearer")
 
 
@@ -94,6 +94,8 @@ def bearer_interceptors(token: str | Callable[[], str]) -> list[grpc.aio.ClientI
     """Client interceptors adding the token to every call of a ``grpc.aio`` channel
     (``grpc.aio.insecure_channel(address, interceptors=...)``). A callable ``token`` is
     called per call, so a refreshed token is picked up without a new channel.
+    :class:`fedgrpc.security.BearerChannel` does the same without making every call an
+    intercepted one (fedgrpc's own channels use it).
 
     One per call kind: grpc.aio files each interceptor under the first kind it implements.
     """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -19,6 +19,7 @@ from fedgrpc.security import (
     bearer_token,
     require_claims,
 )
+from fedgrpc.security.bearer_channel import BearerChannel
 from fedgrpc.security.interceptor import peer_host
 from tests.security.conftest import Tokens
 from tests.security.helpers import bearer, invoke, open_call, start_kind_server
@@ -138,12 +139,22 @@ async def test_scope_must_match_the_server(tokens: Tokens) -> None:
             assert (await invoke(channel, STATUS, same))[0] == grpc.StatusCode.OK
 
 
-async def test_client_interceptors_add_the_token_to_every_kind_of_call(tokens: Tokens) -> None:
+def _with_interceptors(address: str, token: str | Callable[[], str]) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(token))
+
+
+def _bearer_channel(address: str, token: str | Callable[[], str]) -> grpc.aio.Channel:
+    return BearerChannel(grpc.aio.insecure_channel(address), token)
+
+
+@pytest.mark.parametrize("open_with_token", [_with_interceptors, _bearer_channel])
+async def test_the_client_side_adds_the_token_to_every_kind_of_call(
+    tokens: Tokens, open_with_token: Callable[[str, str], grpc.aio.Channel]
+) -> None:
     server = await start_kind_server(
         ServerKind.CONTROLLER, AuthInterceptor(tokens.verifier(), ServerKind.CONTROLLER)
     )
-    token = tokens.token(Role.ADMIN, "ops")
-    channel = grpc.aio.insecure_channel(server.address, interceptors=bearer_interceptors(token))
+    channel = open_with_token(server.address, tokens.token(Role.ADMIN, "ops"))
     try:
         for method in (
             STATUS,  # unary-unary
@@ -152,6 +163,28 @@ async def test_client_interceptors_add_the_token_to_every_kind_of_call(tokens: T
             "/fedgrpc.network.v1.NetworkService/CombinerLink",  # stream-stream
         ):
             assert await invoke(channel, method) == (grpc.StatusCode.OK, [b"ops"]), method
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_bearer_channel_asks_for_the_token_per_call_and_keeps_a_calls_own(
+    tokens: Tokens,
+) -> None:
+    server = await start_kind_server(
+        ServerKind.CONTROLLER, AuthInterceptor(tokens.verifier(), ServerKind.CONTROLLER)
+    )
+    issued = [tokens.token(Role.ADMIN, name) for name in ("first", "second", "third")]
+    channel = BearerChannel(grpc.aio.insecure_channel(server.address), lambda: issued.pop(0))
+    own = bearer(tokens.token(Role.ADMIN, "caller"))
+    try:
+        assert await invoke(channel, STATUS) == (grpc.StatusCode.OK, [b"first"])
+        assert await invoke(channel, STATUS, own) == (grpc.StatusCode.OK, [b"caller"])
+        assert await invoke(channel, STATUS) == (grpc.StatusCode.OK, [b"second"])
+        # grpc.aio's own call, not an intercepted one wrapping each message of a stream
+        call = open_call(channel, CONNECT, (), 5.0)
+        assert "Intercepted" not in type(call).__name__, type(call)
+        call.cancel()
     finally:
         await channel.close()
         await server.stop(None)
