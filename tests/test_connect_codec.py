@@ -10,7 +10,7 @@ import pytest
 from fedgrpc.model.chunking import model_digest
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.rpc.connect import (
-    SharedModelTask,
+    SharedTask,
     encode_update,
     serialize_client_outgoing,
     serialize_outgoing,
@@ -19,44 +19,53 @@ from fedgrpc.rpc.wire import encode_in_submessage, read_varint, varint
 from fedgrpc.transfer import dict_to_struct
 
 
-def _train() -> combiner_pb2.ServerMessage:
+def _train(task_id: str = "") -> combiner_pb2.ServerMessage:
     task = combiner_pb2.TrainTask(
-        task_id="t1", session_id="s", round_id="r", round_number=3, model_id="m", timeout=9.5
+        task_id=task_id, session_id="s", round_id="r", round_number=3, model_id="m", timeout=9.5
     )
     task.settings.update({"epochs": 2, "lr": 0.1})
     return combiner_pb2.ServerMessage(train=task)
 
 
-def _validate() -> combiner_pb2.ServerMessage:
-    task = combiner_pb2.ValidateTask(task_id="v1", session_id="s", round_id="r", model_id="m")
+def _validate(task_id: str = "") -> combiner_pb2.ServerMessage:
+    task = combiner_pb2.ValidateTask(task_id=task_id, session_id="s", round_id="r", model_id="m")
     return combiner_pb2.ServerMessage(validate=task)
 
 
 @pytest.mark.parametrize("make", [_train, _validate])
 @pytest.mark.parametrize("size", [1, 127, 128, 40_000, 3 * 1024 * 1024 + 7])
-def test_a_shared_model_task_decodes_to_the_task_with_its_model(
-    make: Callable[[], combiner_pb2.ServerMessage], size: int
+def test_each_clients_shared_model_task_decodes_to_its_task_with_the_model(
+    make: Callable[..., combiner_pb2.ServerMessage], size: int
 ) -> None:
     model = bytes(range(256)) * (size // 256) + b"\x01" * (size % 256)
-    shared = SharedModelTask(make(), model, model_digest(model))
-    expected = make()
-    task = getattr(expected, str(expected.WhichOneof("kind")))
-    task.model, task.model_digest = model, model_digest(model)
-    assert combiner_pb2.ServerMessage.FromString(serialize_outgoing(shared)) == expected
-    assert shared.decoded() == expected
+    shared = SharedTask(make(), model, model_digest(model))
+    # Ids of different lengths: each client's message has its own lengths around one body.
+    for task_id in ["t1", "a" * 32, "b" * 200]:
+        message = shared.for_client(task_id)
+        expected = make(task_id)
+        task = getattr(expected, str(expected.WhichOneof("kind")))
+        task.model, task.model_digest = model, model_digest(model)
+        assert combiner_pb2.ServerMessage.FromString(serialize_outgoing(message)) == expected
+        assert message.decoded() == expected
 
 
-def test_the_shared_payload_is_not_copied_into_the_waiting_message() -> None:
+def test_the_model_is_held_once_and_not_copied_into_each_clients_message() -> None:
     model = b"x" * 1000
-    shared = SharedModelTask(_train(), model, model_digest(model))
-    assert shared.model is model
-    assert not shared.message.train.model  # the queued message holds no copy
+    shared = SharedTask(_train(), model, model_digest(model))
+    messages = [shared.for_client(f"t{i}") for i in range(3)]
+    assert not shared.message.train.model  # the task holds no copy
+    assert all(vars(message).keys() == {"task", "task_id"} for message in messages)
+    first = serialize_outgoing(messages[0])
+    assert first.count(model) == 1
+    assert shared._model is None  # from now on the encoded body is the only copy
 
 
-def test_only_train_and_validate_tasks_carry_a_shared_model() -> None:
+def test_only_train_and_validate_tasks_without_an_id_carry_a_shared_model() -> None:
     heartbeat = combiner_pb2.ServerMessage(heartbeat=combiner_pb2.Heartbeat())
     with pytest.raises(ValueError, match="train or validate"):
-        SharedModelTask(heartbeat, b"x", model_digest(b"x"))
+        SharedTask(heartbeat, b"x", model_digest(b"x"))
+    with pytest.raises(ValueError, match="no task id"):
+        SharedTask(_train("t1"), b"x", model_digest(b"x"))
 
 
 def test_plain_messages_are_serialized_by_protobuf() -> None:

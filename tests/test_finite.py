@@ -19,11 +19,30 @@ from fedgrpc.aggregators.finite import all_finite
 FLOATS: list[type[np.floating[Any]]] = [np.float16, np.float32, np.float64]
 # Block boundaries are tested with short dots; the real length is checked once below.
 BLOCK = 1024
+# Arrays up to this size take one isfinite instead of dots (tested below).
+SMALL = 16
 
 
 @pytest.fixture(autouse=True)
 def short_dots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finite, "_DOT_BLOCK", BLOCK)
+    monkeypatch.setattr(finite, "_SMALL", SMALL)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_bad_element_in_a_small_array_is_found_without_a_dot(
+    monkeypatch: pytest.MonkeyPatch, dtype: Any, bad: float
+) -> None:
+    def no_dot(*args: object) -> float:
+        raise AssertionError("a small array is checked by isfinite")
+
+    monkeypatch.setattr(np, "dot", no_dot)
+    for position in range(SMALL):
+        array = np.linspace(-1, 1, SMALL).astype(dtype)
+        assert all_finite(array)
+        array[position] = bad
+        assert not all_finite(array)
 
 
 def test_a_bad_element_past_the_first_full_length_dot_is_found(

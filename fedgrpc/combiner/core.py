@@ -125,7 +125,7 @@ class CombinerCore:
             if isinstance(work, ValidationPass):
                 work.result(message.validation.task_id, message.validation)
         elif kind == "update":
-            self._background.spawn(self._inline_update(client, message.update))
+            self._inline_update(client, message.update)
         elif kind in _FROM_NODES:
             self._report(analysis_report(client.name, message))
 
@@ -188,20 +188,22 @@ class CombinerCore:
         try:
             await round_.accept_update(task_id, update)
         except FedgrpcError as exc:
-            self.status(
-                "update.rejected",
-                f"update from {round_.client_of(task_id)} for round {round_.id} refused: {exc}",
-                level="WARNING",
-                session_id=round_.assignment.session_id,
-                round_id=round_.id,
-            )
+            self._update_refused(round_, task_id, exc)
             raise
 
-    async def _inline_update(
-        self, client: ClientConnection, update: combiner_pb2.ModelUpdate
-    ) -> None:
+    def _update_refused(self, round_: TrainingRound, task_id: str, exc: FedgrpcError) -> None:
+        self.status(
+            "update.rejected",
+            f"update from {round_.client_of(task_id)} for round {round_.id} refused: {exc}",
+            level="WARNING",
+            session_id=round_.assignment.session_id,
+            round_id=round_.id,
+        )
+
+    def _inline_update(self, client: ClientConnection, update: combiner_pb2.ModelUpdate) -> None:
         """An update sent on the client's stream: checked as an upload would be (the task must
-        be this client's and open, the size within the limits, the digest right), then folded.
+        be this client's and open, the size within the limits, the digest right), then folded:
+        right here when the round can fold it at once, else in a task of its own.
 
         There is no call to fail, so every refusal is recorded as a status event; one for the
         client's own open task also ends that task as ``rejected``, so the round goes on with
@@ -247,8 +249,19 @@ class CombinerCore:
                 round_id=round_.id,
             )
             return
+        received = ReceivedModel(header=header, data=data)
+        if not round_.can_fold_now(len(data)):
+            self._background.spawn(self._accept_inline(client, received))
+            return
         try:
-            await self.accept_update(ReceivedModel(header=header, data=data))
+            round_.accept_update_now(update.task_id, received)
+        except FedgrpcError as exc:
+            self._update_refused(round_, update.task_id, exc)
+            log.warning("client %s: inline update refused: %s", client.name, exc)
+
+    async def _accept_inline(self, client: ClientConnection, update: ReceivedModel) -> None:
+        try:
+            await self.accept_update(update)
         except FedgrpcError as exc:  # recorded by accept_update
             log.warning("client %s: inline update refused: %s", client.name, exc)
 

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf import struct_pb2
 
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.clients import ClientConnection
 from fedgrpc.combiner.models import CachedModel
 from fedgrpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from fedgrpc.model.serialization import load_model
-from fedgrpc.offload import off_loop_if_large
+from fedgrpc.offload import OFFLOAD_BYTES, off_loop_if_large
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
-from fedgrpc.rpc.connect import SharedModelTask
-from fedgrpc.transfer import ReceivedModel, dict_to_struct
+from fedgrpc.rpc.connect import SharedTask
+from fedgrpc.transfer import ReceivedModel
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,13 @@ class ClientOutcome:
     upload_bytes: int = 0
     finished_at: float = 0.0
     message: str = ""
-    metadata: Mapping[str, Any] | None = None
+    # As the client sent it: copied into the report as it is, not rebuilt from a dict.
+    metadata: struct_pb2.Struct | None = None
 
     def to_report(self) -> network_pb2.ClientRoundReport:
         status = "timeout" if self.status in ("pending", "receiving") else self.status
         elapsed = (self.finished_at - self.sent_at) if self.finished_at else 0.0
-        return network_pb2.ClientRoundReport(
+        report = network_pb2.ClientRoundReport(
             client_name=self.client_name,
             status=status,
             num_examples=self.num_examples,
@@ -60,8 +62,10 @@ class ClientOutcome:
             round_trip_seconds=elapsed,
             message=self.message
             or ("no update before the round closed" if status == "timeout" else ""),
-            metadata=dict_to_struct(self.metadata),
         )
+        if self.metadata is not None:
+            report.metadata.CopyFrom(self.metadata)
+        return report
 
 
 def sample_clients(
@@ -124,18 +128,18 @@ class TrainingRound:
         self._target = len(clients) if buffer <= 0 else min(buffer, len(clients))
         now = time.monotonic()
         by_id = 0
-        payload: bytes | None = None
+        shared: SharedTask | None = None
         for client in clients:
             task_id = uuid.uuid4().hex
             self._outcomes[task_id] = ClientOutcome(client_name=client.name, sent_at=now)
             self._unanswered += 1
-            message = self._train_task(task_id)
             if model is not None and fits_inline(len(model.data), client):
-                payload = bytes(model.data) if payload is None else payload
-                client.send(SharedModelTask(message, payload, model.digest))
+                if shared is None:
+                    shared = SharedTask(self._train_task(""), bytes(model.data), model.digest)
+                client.send(shared.for_client(task_id))
             else:
                 by_id += 1
-                client.send(message)
+                client.send(self._train_task(task_id))
         if not clients:
             self.close("no clients connected to this combiner")
         return by_id
@@ -166,13 +170,43 @@ class TrainingRound:
         except InvalidArgument as exc:
             self._finish(outcome, "rejected", message=str(exc))
             raise
+        self._accepted_update(outcome, update, metadata, weight)
+
+    def can_fold_now(self, size: int) -> bool:
+        """Whether an update of ``size`` bytes may be folded by :meth:`accept_update_now`:
+        it is small (folded on the event loop either way) and no fold is under way."""
+        return size < OFFLOAD_BYTES and not self._lock.locked()
+
+    def accept_update_now(self, task_id: str, update: ReceivedModel) -> None:
+        """:meth:`accept_update` without awaiting, for when :meth:`can_fold_now` says so.
+
+        An inline update then needs no task of its own: spawning one cost a task, two
+        coroutines and an event-loop pass per update, and the pass delayed the last update of
+        every round. Nothing here awaits, so no fold can interleave with it."""
+        outcome = self._open_outcome(task_id)
+        metadata = update.metadata
+        try:
+            weight = update_weight(metadata)
+            self._parse_and_add([update.data], weight)
+        except InvalidArgument as exc:
+            self._finish(outcome, "rejected", message=str(exc))
+            raise
+        self._accepted_update(outcome, update, metadata, weight)
+
+    def _accepted_update(
+        self,
+        outcome: ClientOutcome,
+        update: ReceivedModel,
+        metadata: Mapping[str, Any],
+        weight: float,
+    ) -> None:
         self._finish(
             outcome,
             "ok",
             num_examples=weight,
             train_seconds=_float(metadata.get("train_seconds")),
             upload_bytes=len(update.data),
-            metadata=metadata,
+            metadata=update.header.metadata,
         )
 
     async def _fold(self, data: bytes | memoryview, weight: float) -> None:

@@ -12,7 +12,7 @@ from fedgrpc.combiner.models import CachedModel
 from fedgrpc.combiner.rounds import fits_inline
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.proto.network.v1 import network_pb2
-from fedgrpc.rpc.connect import SharedModelTask
+from fedgrpc.rpc.connect import SharedTask
 
 ReportSink = Callable[[network_pb2.CombinerReport], None]
 
@@ -34,26 +34,29 @@ class ValidationPass:
 
     def dispatch(self, clients: list[ClientConnection], model: CachedModel | None = None) -> None:
         """Send a validate task to each client, ``model`` inline where it fits."""
-        a = self.assignment
-        payload: bytes | None = None
+        shared: SharedTask | None = None
         for client in clients:
             task_id = uuid.uuid4().hex
             self._pending[task_id] = client.name
-            task = combiner_pb2.ValidateTask(
-                task_id=task_id,
-                session_id=a.session_id,
-                round_id=a.round_id,
-                model_id=a.model_id,
-                timeout=a.timeout,
-            )
-            message = combiner_pb2.ServerMessage(validate=task)
             if model is not None and fits_inline(len(model.data), client):
-                payload = bytes(model.data) if payload is None else payload
-                client.send(SharedModelTask(message, payload, model.digest))
+                if shared is None:
+                    shared = SharedTask(self._validate_task(""), bytes(model.data), model.digest)
+                client.send(shared.for_client(task_id))
             else:
-                client.send(message)
+                client.send(self._validate_task(task_id))
         self._requested = len(clients)
         self._check_done()
+
+    def _validate_task(self, task_id: str) -> combiner_pb2.ServerMessage:
+        a = self.assignment
+        task = combiner_pb2.ValidateTask(
+            task_id=task_id,
+            session_id=a.session_id,
+            round_id=a.round_id,
+            model_id=a.model_id,
+            timeout=a.timeout,
+        )
+        return combiner_pb2.ServerMessage(validate=task)
 
     def client_of(self, task_id: str) -> str | None:
         """The client a still-pending validate task went to."""

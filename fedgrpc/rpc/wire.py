@@ -13,10 +13,13 @@ from google.protobuf.message import Message
 from fedgrpc.model.chunking import Buffer
 
 _LENGTH_DELIMITED = 2
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 
 
 def varint(value: int) -> bytes:
     """``value`` (non-negative) as a base-128 varint."""
+    if value < 0x80:  # field keys and short lengths: most calls, answered from a table
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -53,11 +56,17 @@ def encode_in_submessage(
     """
     if [descriptor.name for descriptor, _ in message.ListFields()] != [field]:
         raise ValueError(f"{field} must be the only field set on the outer message")
-    submessage = getattr(message, field)
-    numbers = submessage.DESCRIPTOR.fields_by_name
-    parts: list[Buffer] = [submessage.SerializeToString()]
-    for name, value in additions:
-        parts += [field_prefix(numbers[name].number, memoryview(value).nbytes), value]
+    parts = with_fields(getattr(message, field), additions)
     size = sum(memoryview(part).nbytes for part in parts)
     outer = field_prefix(message.DESCRIPTOR.fields_by_name[field].number, size)
     return b"".join((outer, *parts))
+
+
+def with_fields(message: Message, additions: Sequence[tuple[str, Buffer]]) -> list[Buffer]:
+    """The pieces of ``message`` serialized as if each (name, value) of ``additions`` were set
+    on it (length-delimited fields, unset on ``message``), for the caller to join."""
+    numbers = message.DESCRIPTOR.fields_by_name
+    parts: list[Buffer] = [message.SerializeToString()]
+    for name, value in additions:
+        parts += [field_prefix(numbers[name].number, memoryview(value).nbytes), value]
+    return parts
