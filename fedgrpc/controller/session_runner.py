@@ -353,7 +353,7 @@ class SessionRunner:
         """The model's record, the active pointer and the session's fields, in one statestore
         transaction (or as part of the one this thread has open); the updated session."""
         with self.store.transaction():
-            self.store.models.create(
+            created = self.store.models.create(
                 id=model_id,
                 parent_model=self.session["model_id"],
                 session_id=self.id,
@@ -363,7 +363,7 @@ class SessionRunner:
                 digest=stored.digest,
                 scope=self.session.get("scope"),
             )
-            self.store.models.set_active(model_id)
+            self.store.models.activate(created)
             return self.store.sessions.update(self.id, **fields)
 
     def _store_model_bytes(self, model_id: str, outcome: ReduceOutcome) -> StoredModel:

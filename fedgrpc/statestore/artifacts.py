@@ -30,8 +30,13 @@ class ActiveRecordRepository(Repository):
     def set_active(self, record_id: str) -> Record:
         """Make ``record_id`` the active one (replacing any other); NotFound if it is missing."""
         record = self.get(record_id)
-        self._kv.set_value(self.active_key, record["id"])
+        self.activate(record)
         return record
+
+    def activate(self, record: Record) -> None:
+        """Make ``record``, just created or read by the caller, the active one: inside the
+        caller's transaction, with no second read of it (a round's commit does this)."""
+        self._kv.set_value(self.active_key, record["id"])
 
     def get_active(self) -> Record:
         active_id = self._kv.get_value(self.active_key)

@@ -646,6 +646,18 @@ def test_exactly_one_record_is_active(store: StateStore, attr: str) -> None:
         repo.get_active()
 
 
+def test_a_record_in_hand_is_activated_without_reading_it_again(store: StateStore) -> None:
+    session = store.sessions.create(config={}, status="running")
+    with store.transaction():
+        model = store.models.create(parent_model=None, session_id=session["id"])
+        store.models.activate(model)
+    assert store.models.get_active() == model
+    other = store.models.create(parent_model=model["id"], session_id=session["id"])
+    store.models.activate(other)
+    assert store.models.get_active() == other
+    assert store.kv.get_value(store.models.active_key) == other["id"]
+
+
 def test_models_and_packages_have_separate_active_pointers(store: StateStore) -> None:
     active_model = make_active_candidate(store, "models", 0)
     active_package = make_active_candidate(store, "packages", 0)
