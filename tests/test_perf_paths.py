@@ -16,7 +16,13 @@ import safetensors.numpy
 from fedgrpc.aggregators import WeightedMeanAccumulator
 from fedgrpc.combiner.models import CachedModel, ModelCache
 from fedgrpc.controller.reduce import Partial, ReduceOutcome, reduce_round
-from fedgrpc.errors import ChecksumMismatch, NotFound, PayloadTooLarge, TruncatedStream
+from fedgrpc.errors import (
+    ChecksumMismatch,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    TruncatedStream,
+)
 from fedgrpc.model import buffers
 from fedgrpc.model.chunking import BufferAssembler, iter_chunks, model_digest
 from fedgrpc.model.serialization import (
@@ -88,6 +94,21 @@ def test_shared_dump_is_the_buffer_and_equals_a_fresh_dump() -> None:
     # Arrays not laid out in one canonical buffer are dumped as usual.
     assert isinstance(dump_model_shared({"w": views["w"]}), bytes)
     assert isinstance(dump_model_shared({**views, "b": views["b"].copy()}), bytes)
+
+
+def test_a_list_trained_in_place_is_shared_and_bad_lists_fail_as_in_dump_model() -> None:
+    buffer = bytearray(dump_model([np.arange(6, dtype=np.float32), np.ones(6, dtype=np.float64)]))
+    views = load_model(buffer, copy=False)
+    trained = [views["0"], views["1"]]  # a FEDn-style client's list, updated in place
+    for array in trained:
+        array += 1
+    shared = dump_model_shared(trained)
+    assert isinstance(shared, memoryview)
+    assert shared.obj is buffer
+    assert bytes(shared) == dump_model([array.copy() for array in trained])
+    assert isinstance(dump_model_shared([trained[1], trained[0]]), bytes)  # reordered: copied
+    with pytest.raises(InvalidArgument, match="not a numpy array"):
+        dump_model_shared([trained[0], [1.0, 2.0]])  # type: ignore[list-item]
 
 
 def test_canonical_means_what_dump_model_writes() -> None:

@@ -55,19 +55,23 @@ def dump_model(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> bytes
     return data
 
 
-def dump_model_shared(arrays: Mapping[str, np.ndarray]) -> bytes | memoryview:
+def dump_model_shared(
+    arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+) -> bytes | memoryview:
     """:func:`dump_model`, except that arrays parsed in place from one buffer (``load_model``
     with ``copy=False``) and still laid out as in it come back as a view of that very buffer,
     not a copy.
 
-    The result then aliases the arrays: for a caller that is done with them (e.g. shipping a
-    round's mean), it saves a model-sized copy and the memory to hold it.
+    The result then aliases the arrays: for a caller that is done with them (a round's mean
+    shipped, a client's update trained in place and uploaded), it saves a model-sized copy and
+    the memory to hold it.
     """
-    if isinstance(arrays, Mapping):
-        shared = _format.encoded_in_place(arrays)
+    named = arrays if isinstance(arrays, Mapping) else list_to_named(arrays)
+    if all(isinstance(array, np.ndarray) for array in named.values()):
+        shared = _format.encoded_in_place(named)
         if shared is not None:
             return shared
-    return dump_model(arrays)
+    return dump_model(named)
 
 
 def load_model(

@@ -20,6 +20,7 @@ from typing import Protocol, TypeAlias
 
 import grpc
 
+from fedgrpc.model.chunking import Buffer
 from fedgrpc.proto.combiner.v1 import combiner_pb2
 from fedgrpc.rpc.server import add_handlers
 from fedgrpc.rpc.wire import encode_in_submessage, field_prefix, with_fields
@@ -125,7 +126,7 @@ def add_combiner_service(servicer: CombinerServiceServicer, server: grpc.aio.Ser
 ClientOutgoing: TypeAlias = combiner_pb2.ClientMessage | bytes
 
 
-def encode_update(update: combiner_pb2.ModelUpdate, model: bytes | bytearray) -> bytes:
+def encode_update(update: combiner_pb2.ModelUpdate, model: Buffer) -> bytes:
     """``ClientMessage(update=update)`` with ``update.model = model``, the model copied once."""
     message = combiner_pb2.ClientMessage(update=update)
     return encode_in_submessage(message, "update", [("model", model)])
