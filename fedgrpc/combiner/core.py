@@ -192,9 +192,14 @@ class CombinerCore:
             raise
 
     def _update_refused(self, round_: TrainingRound, task_id: str, exc: FedgrpcError) -> None:
+        self._update_rejected(
+            round_, f"update from {round_.client_of(task_id)} for round {round_.id} refused: {exc}"
+        )
+
+    def _update_rejected(self, round_: TrainingRound, text: str) -> None:
         self.status(
             "update.rejected",
-            f"update from {round_.client_of(task_id)} for round {round_.id} refused: {exc}",
+            text,
             level="WARNING",
             session_id=round_.assignment.session_id,
             round_id=round_.id,
@@ -241,12 +246,8 @@ class CombinerCore:
         except FedgrpcError as exc:
             message = f"inline update refused: {exc.code.name}: {exc}"
             round_.task_failed(update.task_id, message, status="rejected")
-            self.status(
-                "update.rejected",
-                f"update from {client.name} for round {round_.id}: {message}",
-                level="WARNING",
-                session_id=round_.assignment.session_id,
-                round_id=round_.id,
+            self._update_rejected(
+                round_, f"update from {client.name} for round {round_.id}: {message}"
             )
             return
         received = ReceivedModel(header=header, data=data)
