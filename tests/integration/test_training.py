@@ -311,8 +311,14 @@ async def test_clients_are_balanced_and_preferred_combiner_honoured(
     links = net.controller.network.registry.links
     assert "picky" in links["alpha"].clients
     assert abs(len(links["alpha"].clients) - len(links["beta"].clients)) <= 1
-    listed = await net.control.ListClients(control_pb2.ListClientsRequest(status="online"))
-    assert listed.count == 5
+
+    async def all_listed_online() -> bool:
+        # The registry has them at once; their "online" records are written a moment later.
+        request = control_pb2.ListClientsRequest(status="online")
+        listed = await net.control.ListClients(request)
+        return bool(listed.count == 5)
+
+    await eventually(all_listed_online, what="all five clients listed online")
 
 
 async def test_second_session_while_one_runs_is_refused(local_network: LocalNetwork) -> None:
